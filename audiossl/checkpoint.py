@@ -1,0 +1,96 @@
+"""Self-describing checkpoints, written atomically and loaded as data.
+
+A checkpoint is a dict of plain values and tensors: the full config, the
+versions that wrote it, the step and the data position, the model, objective,
+optimizer and scheduler states, and the RNG states. It is written to a
+temporary file beside the target, flushed to disk and renamed, so a crash
+leaves the previous checkpoint intact. It is read with
+``torch.load(weights_only=True)``: loading never runs code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from audiossl import __version__
+from audiossl.config import Config
+from audiossl.models.model import SSLModel, build_model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict[str, str]:
+    return {"audiossl": __version__, "torch": str(torch.__version__)}
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint as data; anything that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line or "Unpickler" in line]
+        detail = lines[0] if lines else "it holds more than tensors and plain values"
+        raise CheckpointError(f"{path}: refused: loading it would need to run code ({detail})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not an audiossl checkpoint (no config or model state)")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> SSLModel:
+    """A ready model (eval mode) from a checkpoint, for other programs.
+
+    The architecture comes from the checkpoint's own config; the returned
+    model carries it as ``model.config``.
+    """
+    ckpt = load_checkpoint(path, map_location="cpu")
+    try:
+        cfg = Config.from_dict(ckpt["config"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its config does not fit this version of audiossl ({e})") from None
+    model = build_model(cfg.model, cfg.data.sample_rate)
+    model.load_state_dict(ckpt["model"])
+    model.config = cfg
+    return model.to(device).eval()

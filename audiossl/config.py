@@ -1,0 +1,296 @@
+"""Typed, strict configuration.
+
+One dataclass per concern. Recipe files are flat YAML: every key names exactly
+one field of one section (``encoder_channels: 256``), so a file reads like a
+list of settings, and ``key=value`` overrides on the command line use the same
+names. A ``preset`` key applies a named preset first; the file's other keys and
+then the command-line overrides win over it. Unknown keys, type mismatches and
+impossible combinations are errors raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message is one line."""
+
+
+@dataclass
+class DataConfig:
+    sample_rate: int = 16000  # audio is resampled to this rate on load
+    window_samples: int = 20480  # training crop length (20480 = 128 frames of 10 ms)
+    sampler: str = "uniform"  # uniform | same_speaker (every window of a batch from one speaker)
+    speaker_level: int = -1  # folder level naming the speaker in non-LibriSpeech trees (-1: parent)
+    num_workers: int = 2  # DataLoader worker processes
+
+
+@dataclass
+class ModelConfig:
+    frontend: str = "waveform"  # waveform | logmel
+    n_mels: int = 80  # log-mel bins (frontend=logmel)
+    cmvn: bool = False  # per-utterance mean/variance normalization of log-mel features
+    encoder_channels: int = 256  # conv channels (CPC paper 512, CPC_audio 256)
+    encoder_kernels: list[int] = field(default_factory=lambda: [10, 8, 4, 4, 4])  # one per conv
+    encoder_strides: list[int] = field(default_factory=lambda: [5, 4, 2, 2, 2])  # product = hop
+    encoder_paddings: list[int] = field(default_factory=lambda: [3, 2, 1, 1, 1])  # CPC_audio's
+    encoder_norm: str = "channel"  # batch (paper) | channel (per-frame, CPC_audio) | none
+    context: str = "gru"  # gru | lstm | transformer | none
+    context_dim: int = 256  # hidden size of the context network
+    context_layers: int = 1  # recurrent or Transformer layers
+    context_residual: bool = False  # residual connections between recurrent layers (APC)
+    context_causal: bool = True  # Transformer attends only to the past
+    context_heads: int = 4  # Transformer attention heads
+    context_ff_dim: int = 1024  # Transformer feed-forward size
+    context_dropout: float = 0.0  # dropout inside the context network
+    context_max_frames: int = 4096  # longest sequence the positional encoding covers
+
+
+@dataclass
+class ObjectiveConfig:
+    objective: str = "cpc"  # cpc | apc | mpc | npc (the registry in audiossl.objectives)
+    cpc_steps: int = 12  # prediction steps k = 1..K, one W_k each
+    cpc_negatives: int = 128  # negatives per positive
+    cpc_negative_policy: str = "batch"  # batch | sequence (same speaker: data sampler=same_speaker)
+    cpc_score: str = "bilinear"  # bilinear z^T W_k c | cosine (cos(W_k c, z) / temperature)
+    cpc_temperature: float = 0.1  # divides cosine scores
+    cpc_loss: str = "infonce"  # infonce (softmax over candidates) | nce (binary logistic, wav2vec)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # windows per step and process
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    decay: str = "cosine"  # cosine | linear | constant, after warm-up
+    clip_grad: float = 1.0  # max gradient norm (0 disables)
+    accumulate: int = 1  # micro-batches per optimizer step
+    seed: int = 1  # base seed; each DDP rank adds its rank
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 10  # steps between TensorBoard/tqdm updates
+    ckpt_every: int = 200  # steps between checkpoints (and always at the end)
+    max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig, "train": TrainConfig}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPC_audio's default: 256-channel encoder, channel norm, 1-layer GRU 256.
+    "cpc_audio": {},
+    # van den Oord et al. 2018: 512 channels, batch norm, GRU 256.
+    "cpc_paper": {"encoder_channels": 512, "encoder_norm": "batch"},
+    # A small model for tests and the demo recipe.
+    "cpc_small": {"encoder_channels": 64, "context_dim": 64, "cpc_steps": 6, "cpc_negatives": 32},
+}
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict (section -> field -> value), safe for checkpoints."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def flat(self) -> dict[str, Any]:
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+    @classmethod
+    def from_dict(cls, nested: dict[str, dict[str, Any]]) -> "Config":
+        """Inverse of :meth:`to_dict`; keys unknown to this version are errors."""
+        flat = {k: v for section in nested.values() for k, v in section.items()}
+        return build_config(overrides=flat)
+
+
+def _field_owner() -> dict[str, tuple[str, dataclasses.Field]]:
+    owner = {}
+    for section, klass in SECTIONS.items():
+        hints = typing.get_type_hints(klass)
+        for f in dataclasses.fields(klass):
+            assert f.name not in owner, f"config key {f.name} defined twice"
+            f.type = hints[f.name]
+            owner[f.name] = (section, f)
+    return owner
+
+
+FIELDS = _field_owner()
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert value (from YAML or a command-line string) to typ, or raise."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item_type,) = typing.get_args(typ)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        return [_coerce(key, v, item_type) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+    raise AssertionError(f"unsupported config type {typ}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["lr=1e-3", "context=lstm"]`` -> dict; malformed items are errors."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a flat mapping of key: value")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}: key {key!r} holds a mapping; config files are flat")
+    return data
+
+
+def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults <- preset <- config file <- overrides, then validated."""
+    settings: dict[str, Any] = {}
+    if config_file is not None:
+        settings.update(load_config_file(config_file))
+    settings.update(overrides or {})
+    preset = settings.pop("preset", None)
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        merged.update(PRESETS[preset])
+    merged.update(settings)
+
+    cfg = Config()
+    for key, value in merged.items():
+        if key not in FIELDS:
+            raise ConfigError(f"unknown config key {key!r}")
+        section, f = FIELDS[key]
+        setattr(getattr(cfg, section), key, _coerce(key, value, f.type))
+    validate(cfg)
+    return cfg
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values, one line each, before any work starts."""
+    d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
+    _choice("sampler", d.sampler, ("uniform", "same_speaker"))
+    _choice("frontend", m.frontend, ("waveform", "logmel"))
+    _choice("encoder_norm", m.encoder_norm, ("batch", "channel", "none"))
+    _choice("context", m.context, ("gru", "lstm", "transformer", "none"))
+    _choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))
+    _choice("cpc_score", o.cpc_score, ("bilinear", "cosine"))
+    _choice("cpc_loss", o.cpc_loss, ("infonce", "nce"))
+    _choice("decay", t.decay, ("cosine", "linear", "constant"))
+    if not (len(m.encoder_kernels) == len(m.encoder_strides) == len(m.encoder_paddings)):
+        raise ConfigError("encoder_kernels, encoder_strides and encoder_paddings need the same length")
+    positive = {
+        "sample_rate": d.sample_rate, "window_samples": d.window_samples, "n_mels": m.n_mels,
+        "encoder_channels": m.encoder_channels, "context_dim": m.context_dim,
+        "context_heads": m.context_heads, "context_ff_dim": m.context_ff_dim,
+        "cpc_steps": o.cpc_steps, "cpc_negatives": o.cpc_negatives, "batch_size": t.batch_size,
+        "max_steps": t.max_steps, "accumulate": t.accumulate, "log_every": t.log_every,
+        "ckpt_every": t.ckpt_every, "max_nonfinite": t.max_nonfinite, "context_max_frames": m.context_max_frames,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key {key!r} must be positive, got {value}")
+    for key in ("encoder_kernels", "encoder_strides"):
+        if any(v <= 0 for v in getattr(m, key)):
+            raise ConfigError(f"config key {key!r} must hold positive integers, got {getattr(m, key)}")
+    if any(v < 0 for v in m.encoder_paddings):
+        raise ConfigError(f"config key 'encoder_paddings' must not be negative, got {m.encoder_paddings}")
+    if m.context_layers < 0 or (m.context != "none" and m.context_layers == 0):
+        raise ConfigError(f"config key 'context_layers' must be positive, got {m.context_layers}")
+    if m.context == "transformer" and m.context_dim % m.context_heads:
+        raise ConfigError(f"context_dim {m.context_dim} is not divisible by context_heads {m.context_heads}")
+    if t.lr <= 0 or t.warmup_steps < 0 or t.clip_grad < 0 or t.weight_decay < 0:
+        raise ConfigError("lr must be positive; warmup_steps, clip_grad and weight_decay non-negative")
+    if o.cpc_temperature <= 0:
+        raise ConfigError(f"config key 'cpc_temperature' must be positive, got {o.cpc_temperature}")
+    if not 0.0 <= m.context_dropout < 1.0:
+        raise ConfigError(f"config key 'context_dropout' must be in [0, 1), got {m.context_dropout}")
+    # Window size against what the objective needs is checked once the model
+    # is built (the receptive field is computed there): see check_window().
+
+
+def check_window(cfg: Config, num_frames: int, receptive_field: int) -> None:
+    """Refuse a training window too short for the encoder and the objective.
+
+    Args:
+        num_frames: frames the model produces for one training window.
+        receptive_field: input samples one output frame sees.
+    """
+    if cfg.data.window_samples < receptive_field:
+        raise ConfigError(
+            f"window_samples {cfg.data.window_samples} is shorter than the encoder's receptive field "
+            f"({receptive_field} samples)")
+    if cfg.objective.objective == "cpc":
+        steps, negatives = cfg.objective.cpc_steps, cfg.objective.cpc_negatives
+        if num_frames <= steps:
+            raise ConfigError(
+                f"window_samples {cfg.data.window_samples} gives {num_frames} frames, not more than "
+                f"cpc_steps={steps}; use a longer window or fewer steps")
+        candidates = num_frames if cfg.objective.cpc_negative_policy == "sequence" else num_frames * cfg.train.batch_size
+        if negatives >= candidates:
+            raise ConfigError(
+                f"cpc_negatives={negatives} but only {candidates - 1} frames can be negatives "
+                f"({cfg.objective.cpc_negative_policy} policy, {num_frames} frames per window)")

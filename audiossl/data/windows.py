@@ -1,0 +1,105 @@
+"""Random-crop training windows and the batch samplers.
+
+Every epoch each utterance yields ``num_samples // window`` windows (at least
+one) at fresh random offsets. Offsets, the order of windows and the batches
+are pure functions of ``(seed, epoch)``, so a resumed run that knows its epoch
+and the position inside it reads exactly the windows an uninterrupted run
+would have read, whatever the number of DataLoader workers.
+
+Samplers:
+    ``uniform``: windows shuffled over the whole corpus.
+    ``same_speaker``: every window of a batch comes from one speaker, so CPC's
+    ``batch`` negatives become same-speaker negatives (CPC paper, Sec. 3.1;
+    CPC_audio's ``--samplingType samespeaker``).
+Under DDP, rank r takes batches r, r + world, r + 2 world, ...: each rank
+reads different windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from audiossl.audio import read_audio
+from audiossl.data.corpus import Utterance
+
+
+@dataclass(frozen=True)
+class Window:
+    utt_index: int
+    start: int  # first sample, at the target rate
+
+
+class WindowDataset(Dataset):
+    """Fixed-length crops of utterances; items are :class:`Window` keys."""
+
+    def __init__(self, utterances: list[Utterance], window_samples: int, sample_rate: int = 16000, seed: int = 0):
+        self.window_samples = window_samples
+        self.sample_rate = sample_rate
+        self.seed = seed
+        lengths = [u.samples_at(sample_rate) for u in utterances]
+        keep = [i for i, n in enumerate(lengths) if n >= window_samples]
+        self.too_short = len(utterances) - len(keep)
+        if not keep:
+            raise ValueError(f"no utterance is at least window_samples={window_samples} samples long")
+        self.utterances = [utterances[i] for i in keep]
+        self.lengths = [lengths[i] for i in keep]
+        speakers = sorted({u.speaker for u in self.utterances})
+        self.speaker_index = {s: i for i, s in enumerate(speakers)}
+
+    def windows(self, epoch: int) -> list[Window]:
+        """This epoch's windows, in utterance order, at seeded random offsets."""
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        out = []
+        for i, n in enumerate(self.lengths):
+            count = max(1, n // self.window_samples)
+            starts = rng.integers(0, n - self.window_samples + 1, size=count)
+            out.extend(Window(i, int(s)) for s in starts)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, window: Window) -> dict:
+        utt = self.utterances[window.utt_index]
+        wav = read_audio(utt.path, self.sample_rate, window.start, self.window_samples)
+        return {"wav": wav, "speaker": self.speaker_index[utt.speaker], "id": utt.id}
+
+
+def collate_windows(items: list[dict]) -> dict:
+    wavs = torch.stack([it["wav"] for it in items])  # (B, T)
+    return {
+        "wavs": wavs,
+        "lengths": torch.full((len(items),), wavs.shape[1], dtype=torch.long),
+        "speakers": torch.tensor([it["speaker"] for it in items], dtype=torch.long),
+        "ids": [it["id"] for it in items],
+    }
+
+
+def epoch_batches(dataset: WindowDataset, epoch: int, batch_size: int, sampler: str,
+                  rank: int = 0, world_size: int = 1) -> list[list[Window]]:
+    """The batches this rank reads in ``epoch`` (incomplete batches dropped)."""
+    windows = dataset.windows(epoch)
+    rng = np.random.default_rng([dataset.seed, epoch, 2])
+    if sampler == "uniform":
+        order = rng.permutation(len(windows))
+        batches = [[windows[j] for j in order[i:i + batch_size]]
+                   for i in range(0, len(order) - batch_size + 1, batch_size)]
+    elif sampler == "same_speaker":
+        by_speaker: dict[str, list[Window]] = {}
+        for w in windows:
+            by_speaker.setdefault(dataset.utterances[w.utt_index].speaker, []).append(w)
+        batches = []
+        for speaker in sorted(by_speaker):
+            group = by_speaker[speaker]
+            order = rng.permutation(len(group))
+            batches.extend([group[j] for j in order[i:i + batch_size]]
+                           for i in range(0, len(order) - batch_size + 1, batch_size))
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}")
+    usable = len(batches) - len(batches) % world_size
+    return batches[rank:usable:world_size]

@@ -1,0 +1,121 @@
+"""Context networks: recurrent (GRU, LSTM) and Transformer (causal or not).
+
+Every context network maps ``(feats (batch, frames, dim), lengths)`` to the
+list of its layers' outputs, each ``(batch, frames, out_dim)``, zeroed past
+each sequence's end. Recurrent networks also take and return their hidden
+state, so a long file can be processed in chunks with the same result as one
+pass (``audiossl extract`` relies on it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from audiossl.models.frontends import length_mask
+
+
+class RecurrentContext(nn.Module):
+    """A stack of single-layer GRUs or LSTMs, each layer's output exposed.
+
+    CPC (paper: GRU 256; CPC_audio: ``--arMode`` LSTM/GRU, 1 layer, 256) and
+    APC (Chung et al. 2019: 3 x 512 GRU with residual connections, where a
+    layer's input is added to its output when the sizes match).
+    """
+
+    causal = True
+
+    def __init__(self, in_dim: int, hidden: int, num_layers: int, cell: str = "gru",
+                 residual: bool = False, dropout: float = 0.0):
+        super().__init__()
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+        self.layers = nn.ModuleList(rnn(in_dim if i == 0 else hidden, hidden, batch_first=True)
+                                    for i in range(num_layers))
+        self.residual = residual
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, state: list | None = None
+                ) -> tuple[list[torch.Tensor], list]:
+        mask = length_mask(lengths, x.shape[1]).unsqueeze(-1)
+        outputs, new_state = [], []
+        for i, layer in enumerate(self.layers):
+            y, h = layer(x, None if state is None else state[i])
+            if self.residual and y.shape[-1] == x.shape[-1]:
+                y = y + x
+            y = y * mask
+            outputs.append(y)
+            new_state.append(h)
+            x = self.dropout(y)
+        return outputs, new_state
+
+
+class SinusoidalPosition(nn.Module):
+    """Adds the fixed sinusoidal position encoding of Vaswani et al. 2017."""
+
+    def __init__(self, dim: int, max_frames: int):
+        super().__init__()
+        position = torch.arange(max_frames).unsqueeze(1)
+        freq = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+        table = torch.zeros(max_frames, dim)
+        table[:, 0::2] = torch.sin(position * freq)
+        table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.table.shape[0]:
+            raise ValueError(f"{x.shape[1]} frames exceed context_max_frames={self.table.shape[0]}")
+        return x + self.table[: x.shape[1]].to(x.dtype)
+
+
+class TransformerContext(nn.Module):
+    """Pre-norm Transformer encoder layers over the encoded frames.
+
+    Args:
+        causal: each frame attends only to itself and the past (CPC, APC);
+            False gives the bidirectional encoder of MPC (Mockingjay, TERA).
+    """
+
+    def __init__(self, in_dim: int, dim: int, num_layers: int, heads: int, ff_dim: int,
+                 dropout: float = 0.0, causal: bool = True, max_frames: int = 4096):
+        super().__init__()
+        self.causal = causal
+        self.project = nn.Linear(in_dim, dim) if in_dim != dim else nn.Identity()
+        self.position = SinusoidalPosition(dim, max_frames)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout, batch_first=True, norm_first=True)
+            for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, state: list | None = None
+                ) -> tuple[list[torch.Tensor], None]:
+        if state is not None:
+            raise ValueError("the Transformer context carries no state across chunks; pass whole sequences")
+        frames = x.shape[1]
+        valid = length_mask(lengths, frames)
+        attn_mask = None
+        if self.causal:
+            attn_mask = torch.ones(frames, frames, dtype=torch.bool, device=x.device).triu(1)
+        x = self.position(self.project(x))
+        outputs = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x, src_mask=attn_mask, src_key_padding_mask=~valid)
+            y = self.norm(x) if i == len(self.layers) - 1 else x
+            outputs.append(y * valid.unsqueeze(-1))
+        return outputs, None
+
+
+class NoContext(nn.Module):
+    """No context network: the encoder's frames are the context."""
+
+    causal = True
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, state: list | None = None):
+        return [x], None

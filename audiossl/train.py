@@ -1,0 +1,323 @@
+"""The one training loop, for every objective.
+
+setup (devices, DDP, seeds) -> build (data, model, objective, optimizer) ->
+resume if the experiment folder has a checkpoint -> loop (lr schedule,
+accumulate, clip, step, log, checkpoint) -> teardown.
+
+Under ``torchrun`` (detected through ``RANK``) every process trains one
+replica: NCCL on GPUs, gloo on CPUs; rank 0 alone logs and writes. Seeds are
+offset by the rank, and rank r reads batches r, r + world, ... of each epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from audiossl.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, versions
+from audiossl.config import Config, check_window
+from audiossl.data.corpus import Problem, load_corpus, read_manifest
+from audiossl.data.windows import WindowDataset, collate_windows, epoch_batches
+from audiossl.models.model import build_model
+from audiossl.objectives import build_objective
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on; the message says why and where."""
+
+
+class Pretrainer(nn.Module):
+    """The model and its objective as one module, so DDP syncs both."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.objective(self.model, batch)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_spec: str) -> Distributed:
+    """Join the process group when launched by torchrun (``RANK`` is set)."""
+    if "RANK" not in os.environ:
+        return Distributed()
+    dist_info = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_spec != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist_info
+
+
+def choose_device(spec: str, local_rank: int = 0) -> torch.device:
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {spec!r} asked for, but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
+    """Linear warm-up to 1, then cosine or linear decay to 0 (or constant)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    if decay == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def report_problems(problems: list[Problem], exp_dir: Path) -> None:
+    if not problems:
+        return
+    path = exp_dir / "scan_problems.tsv"
+    path.write_text("".join(f"{p.path}\t{p.reason}\n" for p in problems))
+    print(f"skipped {len(problems)} unusable file(s), listed in {path}:")
+    for p in problems[:10]:
+        print(f"  {p.path}: {p.reason}")
+
+
+def check_resumable(cfg: Config, saved: dict, path: Path) -> None:
+    """The architecture and objective come from the checkpoint; refuse a clash."""
+    current = cfg.to_dict()
+    for section in ("model", "objective"):
+        differ = [k for k, v in current[section].items() if saved[section].get(k) != v]
+        if differ:
+            raise TrainingError(
+                f"{path} was trained with other {section} settings ({', '.join(differ)}); "
+                "use a new --exp-dir, or the same settings to resume")
+
+
+class BatchStream:
+    """Batches in a deterministic order, resumable at (epoch, position)."""
+
+    def __init__(self, dataset: WindowDataset, cfg: Config, dist_info: Distributed, epoch: int, position: int):
+        self.dataset, self.cfg, self.dist = dataset, cfg, dist_info
+        self.epoch, self.position = epoch, position
+        self._iterator = None
+
+    def _open(self) -> None:
+        batches = epoch_batches(self.dataset, self.epoch, self.cfg.train.batch_size, self.cfg.data.sampler,
+                                self.dist.rank, self.dist.world_size)
+        if not batches:
+            raise TrainingError(
+                f"the corpus gives no full batch of {self.cfg.train.batch_size} windows per process "
+                f"({self.cfg.data.sampler} sampler); use a smaller batch_size or more data")
+        workers = self.cfg.data.num_workers
+        loader = DataLoader(self.dataset, batch_sampler=batches[self.position:], collate_fn=collate_windows,
+                            num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                            prefetch_factor=4 if workers else None)
+        self._iterator = iter(loader)
+
+    def next(self) -> dict:
+        while True:
+            if self._iterator is None:
+                self._open()
+            try:
+                batch = next(self._iterator)
+                self.position += 1
+                return batch
+            except StopIteration:
+                self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
+
+
+def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = True) -> dict:
+    """Pretrain a model with ``cfg``'s objective, resuming from ``exp_dir``.
+
+    Args:
+        data: a corpus folder or a manifest TSV.
+        exp_dir: the experiment folder: checkpoint, TensorBoard logs, the
+            resolved config and the manifest live here.
+
+    Returns:
+        A summary: the final step and the last logged metrics.
+    """
+    # --- setup -------------------------------------------------------------
+    dist_info = setup_distributed(cfg.train.device)
+    device = choose_device(cfg.train.device, dist_info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    exp_dir = Path(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = exp_dir / CHECKPOINT
+    torch.manual_seed(cfg.train.seed + dist_info.rank)
+    random.seed(cfg.train.seed + dist_info.rank)
+
+    # --- data: rank 0 scans (or reuses the cached manifest), the others read it
+    manifest = exp_dir / "manifest.tsv"
+    if dist_info.is_main:
+        utterances, problems = load_corpus(data, cache=manifest, speaker_level=cfg.data.speaker_level,
+                                           progress=progress)
+        report_problems(problems, exp_dir)
+    if dist_info.enabled:
+        dist.barrier()
+        if not dist_info.is_main:
+            utterances = read_manifest(manifest) if not Path(data).is_file() else read_manifest(data)
+    dataset = WindowDataset(utterances, cfg.data.window_samples, cfg.data.sample_rate, seed=cfg.train.seed)
+
+    # --- model, objective, optimizer ---------------------------------------
+    resumed = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if resumed is not None:
+        check_resumable(cfg, resumed["config"], ckpt_path)
+    model = build_model(cfg.model, cfg.data.sample_rate)
+    window_frames = int(model.output_lengths(torch.tensor([cfg.data.window_samples])))
+    check_window(cfg, window_frames, model.receptive_field)
+    objective = build_objective(cfg, model)
+    module = Pretrainer(model, objective).to(device)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.decay))
+    step, epoch, position = 0, 0, 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        objective.load_state_dict(resumed["objective"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        step, epoch, position = resumed["step"], resumed["epoch"], resumed["position"]
+        rngs = resumed["rng"]
+        if len(rngs) == dist_info.world_size:
+            set_rng_state(rngs[dist_info.rank])
+        else:  # another number of processes: fresh, distinct seeds
+            torch.manual_seed(cfg.train.seed + dist_info.rank + 7919 * step)
+        if dist_info.is_main:
+            print(f"resuming from {ckpt_path} at step {step}")
+    if dist_info.is_main:
+        (exp_dir / "config.yaml").write_text(yaml.safe_dump(cfg.flat(), sort_keys=False))
+    ddp_module = module
+    if dist_info.enabled:
+        ddp_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    stream = BatchStream(dataset, cfg, dist_info, epoch, position)
+    writer = SummaryWriter(str(exp_dir / "tb")) if dist_info.is_main else None
+    audio_seconds_per_step = (cfg.train.batch_size * cfg.train.accumulate * dist_info.world_size
+                              * cfg.data.window_samples / cfg.data.sample_rate)
+
+    def save() -> None:
+        states = [rng_state()]
+        if dist_info.enabled:
+            states = [None] * dist_info.world_size
+            dist.all_gather_object(states, rng_state())
+        if dist_info.is_main:
+            atomic_save({
+                "config": cfg.to_dict(), "versions": versions(), "step": step, "epoch": stream.epoch,
+                "position": stream.position, "model": module.model.state_dict(),
+                "objective": module.objective.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": states,
+            }, ckpt_path)
+
+    # --- loop --------------------------------------------------------------
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step",
+               disable=not (progress and dist_info.is_main), dynamic_ncols=True)
+    ddp_module.train()
+    sums: dict[str, float] = {}
+    logged_steps, window_start, nonfinite_run, skipped = 0, time.perf_counter(), 0, 0
+    last: dict[str, float] = {}
+    while step < cfg.train.max_steps:
+        finite = True
+        for micro in range(cfg.train.accumulate):
+            batch = stream.next()
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            # Only the last micro-batch all-reduces gradients.
+            sync = micro == cfg.train.accumulate - 1 or not dist_info.enabled
+            with (contextlib.nullcontext() if sync else ddp_module.no_sync()), autocast(device):
+                loss, metrics = ddp_module(batch)
+            finite = finite and bool(torch.isfinite(loss.detach()))
+            (loss / cfg.train.accumulate).backward()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / cfg.train.accumulate
+        if dist_info.enabled:  # every rank must agree to skip
+            flag = torch.tensor([0.0 if finite else 1.0], device=device)
+            dist.all_reduce(flag)
+            finite = flag.item() == 0
+        if not finite:
+            # A non-finite loss would poison the weights: drop this step's gradients.
+            optimizer.zero_grad(set_to_none=True)
+            nonfinite_run += 1
+            skipped += 1
+            if nonfinite_run >= cfg.train.max_nonfinite:
+                raise TrainingError(f"{nonfinite_run} non-finite losses in a row up to step {step + 1}; "
+                                    f"stopping without saving (last checkpoint: {ckpt_path})")
+            continue
+        nonfinite_run = 0
+        grad_norm = None
+        if cfg.train.clip_grad > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.train.clip_grad))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        logged_steps += 1
+        bar.update(1)
+
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            elapsed = time.perf_counter() - window_start
+            last = {k: v / logged_steps for k, v in sums.items()}
+            last["lr"] = scheduler.get_last_lr()[0]
+            last["audio_seconds_per_second"] = audio_seconds_per_step * logged_steps / elapsed
+            if grad_norm is not None:
+                last["grad_norm"] = grad_norm
+            last["skipped_steps"] = skipped
+            if writer is not None:
+                for key, value in last.items():
+                    group = "train" if "_k" not in key else key.rsplit("_k", 1)[0] + "_per_step"
+                    writer.add_scalar(f"{group}/{key}", value, step)
+            shown = {"loss": f"{last.get('loss', float('nan')):.3f}"}
+            if "accuracy" in last:
+                shown["acc"] = f"{last['accuracy']:.3f}"
+            shown["audio_s_per_s"] = f"{last['audio_seconds_per_second']:.1f}"
+            bar.set_postfix(shown)
+            sums, logged_steps, window_start = {}, 0, time.perf_counter()
+        if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps:
+            save()
+
+    # --- teardown ----------------------------------------------------------
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if dist_info.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"step": step, "skipped_steps": skipped, "metrics": last, "checkpoint": str(ckpt_path)}
