@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Pretrain on LibriSpeech, extract features, run the phone and speaker linear
+# probes with the MFCC and log-mel floors beside them, and write a report.
+#
+#   recipes/librispeech/run.sh --librispeech-root /data/LibriSpeech \
+#       --cpc-labels /data/LibriSpeech100_labels_split [--objective cpc] [--stage N] [--stop-stage M]
+#
+# Stages (each is safe to re-run; training and extraction resume):
+#   0 check inputs   1 manifest   2 pretrain   3 extract
+#   4 phone probe    5 speaker probe           6 report
+set -euo pipefail
+
+# ---- defaults (every one is an option: --librispeech-root sets librispeech_root)
+librispeech_root=          # folder holding train-clean-100/
+subset=train-clean-100
+cpc_labels=                # folder with converted_aligned_phones.txt, train_split.txt, test_split.txt
+objective=cpc              # cpc | apc | mpc | npc
+config=                    # default: recipes/conf/${objective}_libri.yaml
+train_overrides=           # extra key=value settings for training, space separated
+layer=context              # layer to probe
+exp=exp/librispeech        # experiment root; the run goes to $exp/$objective
+stage=0
+stop_stage=100
+probe_overrides=           # extra options for both probes, e.g. "--hidden 256"
+nproc=1                    # processes for pretraining (torchrun on one node when > 1)
+data=                      # use this corpus folder instead of $librispeech_root/$subset
+
+options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides nproc data"
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$0")] $*"; }
+
+# ---- option parser: --foo-bar VALUE sets foo_bar; unknown options exit
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --help|-h) sed -n '2,12p' "$0"; exit 0 ;;
+    --*=*) name="${1%%=*}"; value="${1#*=}"; shift ;;
+    --*) [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 2; }; name="$1"; value="$2"; shift 2 ;;
+    *) echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 2 ;;
+  esac
+  var="${name#--}"; var="${var//-/_}"
+  if [[ " $options " != *" $var "* ]]; then
+    echo "$0: unknown option $name" >&2; exit 2
+  fi
+  printf -v "$var" '%s' "$value"
+done
+
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+# Use the project's virtual environment (tools/setup.sh) unless one is active.
+if ! command -v audiossl >/dev/null 2>&1 && [ -x "$here/.venv/bin/audiossl" ]; then
+  PATH="$here/.venv/bin:$PATH"
+fi
+[ -n "$config" ] || config="$here/recipes/conf/${objective}_libri.yaml"
+[ -n "$data" ] || data="$librispeech_root/$subset"
+run="$exp/$objective"
+mkdir -p "$run"
+start_time=$(date +%s)
+alignments="$cpc_labels/converted_aligned_phones.txt"
+train_split="$cpc_labels/train_split.txt"
+test_split="$cpc_labels/test_split.txt"
+
+# Runs a Python step, its output teed to $run/<name>.log.
+step() { local name="$1"; shift; log "$name: $*"; "$@" 2>&1 | tee "$run/$name.log"; }
+
+if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
+  log "stage 0: check inputs"
+  missing=0
+  if [ ! -d "$data" ]; then
+    echo "missing corpus folder: $data" >&2
+    echo "  LibriSpeech comes from https://www.openslr.org/12 (train-clean-100.tar.gz); pass --librispeech-root" >&2
+    missing=1
+  fi
+  labels_missing=0
+  for f in "$alignments" "$train_split" "$test_split"; do
+    [ -f "$f" ] || { echo "missing CPC label file: $f" >&2; labels_missing=1; }
+  done
+  if [ "$labels_missing" = 1 ]; then
+    echo "  The phone alignments and splits come from the CPC paper's release (van den Oord et al. 2018)," >&2
+    echo "  distributed with CPC_audio as LibriSpeech100_labels_split; pass that folder as --cpc-labels" >&2
+    missing=1
+  fi
+  [ -f "$config" ] || { echo "missing config: $config" >&2; missing=1; }
+  [ "$missing" = 0 ] || exit 1
+fi
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  log "stage 1: manifest"
+  if [ -f "$run/manifest.tsv" ]; then log "manifest exists, kept"; else
+    step prepare audiossl prepare --data "$data" --out "$run/manifest.tsv"
+  fi
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  log "stage 2: pretrain $objective ($config)"
+  launcher=(audiossl)
+  if [ "$nproc" -gt 1 ]; then launcher=(torchrun --standalone --nproc_per_node "$nproc" -m audiossl.cli); fi
+  # shellcheck disable=SC2086
+  step pretrain "${launcher[@]}" train --config "$config" --data "$run/manifest.tsv" --exp-dir "$run/pretrain" $train_overrides
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  log "stage 3: extract layer $layer"
+  step extract audiossl extract --ckpt "$run/pretrain/checkpoint.pt" --data "$run/manifest.tsv" \
+    --out "$run/features_$layer" --layer "$layer"
+fi
+
+# probe KIND SOURCE: SOURCE is "model" (the extracted features), mfcc or logmel.
+probe() {
+  local kind="$1" source="$2" out="$run/probe_${1}_${2}"
+  if [ -f "$out/metrics.json" ]; then log "probe $kind $source: done before, kept"; return; fi
+  local features=(--features "$run/features_$layer")
+  [ "$source" = model ] || features=(--baseline "$source")
+  local labels=()
+  [ "$kind" = phone ] && labels=(--alignments "$alignments")
+  # shellcheck disable=SC2086
+  step "probe_${kind}_${source}" audiossl probe "$kind" "${features[@]}" --data "$run/manifest.tsv" "${labels[@]}" \
+    --train-split "$train_split" --test-split "$test_split" --out "$out" $probe_overrides
+}
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  log "stage 4: phone probe"
+  for source in model mfcc logmel; do probe phone "$source"; done
+fi
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  log "stage 5: speaker probe"
+  for source in model mfcc logmel; do probe speaker "$source"; done
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  log "stage 6: report"
+  python3 "$here/tools/report_table.py" "$run" --title "$objective on $(basename "$data")" > "$run/report.md.tmp"
+  mv "$run/report.md.tmp" "$run/report.md"
+  cat "$run/report.md"
+fi
+
+log "done in $(( $(date +%s) - start_time )) s; results in $run"

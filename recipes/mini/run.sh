@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The LibriSpeech recipe's stages on the embedded demo corpus (data/demo),
+# with small settings that finish in minutes on two CPU cores.
+#
+#   recipes/mini/run.sh [--objective cpc|apc|mpc|npc] [--stage N] [--stop-stage M] [any librispeech option]
+#
+# Results: exp/mini/<objective>/report.md
+set -euo pipefail
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+objective=cpc
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --objective) objective="$2"; shift 2 ;;
+    --objective=*) objective="${1#*=}"; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+exec "$here/recipes/librispeech/run.sh" \
+  --data "$here/data/demo" --cpc-labels "$here/data/demo" \
+  --objective "$objective" --config "$here/recipes/conf/${objective}_small.yaml" \
+  --exp exp/mini "${args[@]}"
