@@ -50,8 +50,18 @@ def read_audio(path: str | Path, sample_rate: int = 16000, start: int = 0, num_s
         with soundfile.SoundFile(str(path)) as f:
             file_rate, total = f.samplerate, f.frames
             ratio = file_rate / sample_rate
-            src_start = int(math.floor(start * ratio))
-            src_count = total - src_start if num_samples is None else int(math.ceil(num_samples * ratio)) + 1
+            src_start, skip, margin = start, 0, 0
+            if file_rate != sample_rate:
+                # Begin on a source sample that is also a target sample (every
+                # `grid` source samples), with room for the resampling filter,
+                # then drop the `skip` target samples before `start`: the
+                # segment is then the slice of the whole file's resampling.
+                grid = file_rate // math.gcd(file_rate, sample_rate)
+                margin = math.ceil(16 * max(1.0, ratio))
+                src_start = max(0, int(math.floor(start * ratio)) - margin) // grid * grid
+                skip = start - src_start * sample_rate // file_rate
+            src_count = (total - src_start if num_samples is None
+                         else int(math.ceil((skip + num_samples) * ratio)) + 1 + margin)
             src_count = max(0, min(src_count, total - src_start))
             f.seek(src_start)
             data = f.read(src_count, dtype="float32", always_2d=True)
@@ -61,7 +71,7 @@ def read_audio(path: str | Path, sample_rate: int = 16000, start: int = 0, num_s
         data = data.mean(axis=1, keepdims=True)
     wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     if file_rate != sample_rate:
-        wav = AF.resample(wav, file_rate, sample_rate)
+        wav = AF.resample(wav, file_rate, sample_rate)[skip:]
     if num_samples is not None:
         if wav.numel() < num_samples:
             if wav.numel() < num_samples - 2:  # resampling may lose a sample or two at the edge

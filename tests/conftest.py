@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny synthetic LibriSpeech-layout corpus and a tiny CPC config.
+
+Other test modules import these by name; keep the names stable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+SAMPLE_RATE = 16000
+
+
+def synth_utterance(rng: np.random.Generator, num_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A harmonic tone with a drifting pitch plus a little noise, float32 in [-1, 1]."""
+    t = np.arange(num_samples) / sample_rate
+    f0 = rng.uniform(100, 300) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    wav = sum(np.sin(h * phase) / h for h in range(1, 5))
+    wav = 0.3 * wav / np.abs(wav).max() + 0.02 * rng.standard_normal(num_samples)
+    return wav.astype(np.float32)
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    """``<root>/train-clean-100/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``.
+
+    3 speakers x 4 utterances of about 1 s at 16 kHz; returns the root.
+    """
+    rng = np.random.default_rng(0)
+    root = tmp_path / "corpus"
+    for speaker in ("19", "26", "103"):
+        chapter = f"{int(speaker) * 10 + 1}"
+        folder = root / "train-clean-100" / speaker / chapter
+        folder.mkdir(parents=True)
+        for utt in range(4):
+            num_samples = SAMPLE_RATE + int(rng.integers(0, 1600))
+            path = folder / f"{speaker}-{chapter}-{utt:04d}.flac"
+            soundfile.write(str(path), synth_utterance(rng, num_samples), SAMPLE_RATE)
+    return root
+
+
+@pytest.fixture
+def tiny_overrides() -> dict:
+    """Config overrides for a tiny CPC model and run on the CPU (scalars only,
+    so ``[f"{k}={v}" for k, v in tiny_overrides.items()]`` works on a command line).
+
+    3200-sample windows give 20 frames; 4 windows per batch.
+    """
+    return {
+        "window_samples": 3200,
+        "num_workers": 0,
+        "encoder_channels": 16,
+        "context_dim": 16,
+        "cpc_steps": 3,
+        "cpc_negatives": 8,
+        "batch_size": 4,
+        "max_steps": 4,
+        "lr": 1e-3,
+        "warmup_steps": 0,
+        "log_every": 1,
+        "ckpt_every": 2,
+        "device": "cpu",
+    }
+
+
+@pytest.fixture
+def one_thread():
+    """Run a compute-heavy test on one torch thread (the machine is shared), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,105 @@
+"""The command line: prepare, train, bench, user errors, ``python -m audiossl.cli``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from audiossl.checkpoint import load_checkpoint
+from audiossl.cli import main
+from audiossl.data.corpus import read_manifest
+
+
+def as_args(overrides: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def test_prepare_writes_a_manifest(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "lists" / "train.tsv"
+    assert main(["prepare", "--data", str(tiny_corpus), "--out", str(out)]) == 0
+    utterances = read_manifest(out)
+    assert len(utterances) == 12 and {u.speaker for u in utterances} == {"19", "26", "103"}
+    assert "12 utterances, 3 speakers" in capsys.readouterr().out
+
+
+def test_train_returns_zero(tiny_corpus, tiny_overrides, tmp_path, capsys, one_thread):
+    exp = tmp_path / "exp"
+    argv = ["train", "--data", str(tiny_corpus), "--exp-dir", str(exp), "--no-progress", *as_args(tiny_overrides)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# resolved config")
+    assert "done at step 4" in out
+    assert load_checkpoint(exp / "checkpoint.pt")["step"] == 4
+
+
+def test_train_with_config_file_and_manifest(tiny_corpus, tiny_overrides, tmp_path, capsys, one_thread):
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text(yaml.safe_dump({**tiny_overrides, "max_steps": 2}))
+    manifest = tmp_path / "train.tsv"
+    assert main(["prepare", "--data", str(tiny_corpus), "--out", str(manifest)]) == 0
+    argv = ["train", "--config", str(conf), "--data", str(manifest), "--exp-dir", str(tmp_path / "exp"),
+            "--no-progress", "max_steps=3"]
+    assert main(argv) == 0
+    assert "done at step 3" in capsys.readouterr().out
+
+
+def test_bench_prints_the_split(tiny_overrides, tmp_path, capsys, one_thread):
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text(yaml.safe_dump(tiny_overrides))
+    argv = ["bench", "--config", str(conf), "--steps", "1", "--warmup", "0", "--device", "cpu", "--json",
+            "batch_size=2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for part in ("step", "model", "objective", "backward", "optimizer"):
+        assert f"  {part} " in out
+    assert "batch 2 x 3200 samples" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--exp-dir", "{tmp}/exp", "no_such_key=1"], "no_such_key"),
+    (["train", "--exp-dir", "{tmp}/exp", "context=rnn"], "context"),
+    (["train", "--exp-dir", "{tmp}/exp", "lr"], "lr"),
+    (["train", "--exp-dir", "{tmp}/exp", "--config", "{tmp}/missing.yaml"], "missing.yaml"),
+    (["bench", "cpc_steps=many"], "cpc_steps"),
+])
+def test_user_errors_are_one_line(argv, needle, tiny_corpus, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if argv[0] == "train":
+        argv += ["--data", str(tiny_corpus)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err
+    assert lines[0].startswith(f"audiossl {argv[0]}: error:") and needle in lines[0]
+
+
+def test_missing_corpus_is_a_user_error(tmp_path, capsys):
+    assert main(["prepare", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err
+
+
+def test_refused_resume_exits_nonzero(tiny_corpus, tiny_overrides, tmp_path, capsys, one_thread):
+    base = ["train", "--data", str(tiny_corpus), "--exp-dir", str(tmp_path / "exp"), "--no-progress"]
+    assert main(base + as_args({**tiny_overrides, "max_steps": 1})) == 0
+    assert main(base + as_args({**tiny_overrides, "context_dim": 24})) == 1
+    err = capsys.readouterr().err
+    assert "context_dim" in err and "Traceback" not in err
+
+
+def test_missing_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as error:
+        main([])
+    assert error.value.code == 2
+
+
+def test_module_entry_point_help():
+    done = subprocess.run([sys.executable, "-m", "audiossl.cli", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: audiossl" in done.stdout
+    for command in ("prepare", "train", "bench"):
+        assert command in done.stdout

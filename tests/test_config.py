@@ -1,0 +1,155 @@
+"""Tests for audiossl.config: precedence, strictness, round trips, window checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from audiossl.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    build_config,
+    check_window,
+    parse_overrides,
+    validate,
+)
+
+
+def test_defaults_are_valid():
+    cfg = build_config()
+    validate(Config())
+    assert cfg == Config()
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_are_valid(preset):
+    cfg = build_config(overrides={"preset": preset})
+    for key, value in PRESETS[preset].items():
+        assert cfg.flat()[key] == value
+
+
+def test_precedence_preset_file_overrides(tmp_path):
+    path = tmp_path / "conf.yaml"
+    path.write_text("preset: cpc_small\nencoder_channels: 32\nlr: 0.01\ncontext: lstm\n")
+    cfg = build_config(path, parse_overrides(["lr=0.5", "cpc_steps=4"]))
+    assert cfg.model.context_dim == PRESETS["cpc_small"]["context_dim"]  # preset alone
+    assert cfg.model.encoder_channels == 32  # file beats preset
+    assert cfg.objective.cpc_steps == 4  # override beats preset
+    assert cfg.train.lr == 0.5  # override beats file
+    assert cfg.model.context == "lstm"  # file alone
+    assert cfg.train.batch_size == Config().train.batch_size  # default
+
+
+def test_overrides_are_coerced_from_strings():
+    cfg = build_config(overrides=parse_overrides(
+        ["encoder_kernels=3,3", "encoder_strides=2 2", "encoder_paddings=1,1", "cmvn=yes", "context-dim=32"]))
+    assert cfg.model.encoder_kernels == [3, 3]
+    assert cfg.model.encoder_strides == [2, 2]
+    assert cfg.model.cmvn is True
+    assert cfg.model.context_dim == 32
+
+
+def test_yaml_values_are_coerced(tmp_path):
+    path = tmp_path / "conf.yaml"
+    path.write_text("lr: 1e-3\ncmvn: yes\nencoder_kernels: [3, 3]\nencoder_strides: [1, 2]\n"
+                    "encoder_paddings: [0, 0]\ncpc_temperature: 1\n")
+    cfg = build_config(path)
+    assert cfg.train.lr == 0.001  # PyYAML reads 1e-3 as a string
+    assert cfg.model.cmvn is True
+    assert cfg.model.encoder_strides == [1, 2]
+    assert isinstance(cfg.objective.cpc_temperature, float)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"no_such_key": 1}, "no_such_key"),
+    ({"batch_size": "eight"}, "batch_size"),
+    ({"batch_size": 2.5}, "batch_size"),
+    ({"batch_size": True}, "batch_size"),
+    ({"lr": "fast"}, "lr"),
+    ({"cmvn": "maybe"}, "cmvn"),
+    ({"encoder_kernels": "10 x"}, "encoder_kernels"),
+    ({"frontend": 3}, "frontend"),
+    ({"context": "rnn"}, "context"),
+    ({"sampler": "random"}, "sampler"),
+    ({"cpc_score": "dot"}, "cpc_score"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"preset": "huge"}, "huge"),
+])
+def test_bad_settings_raise_config_error_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        build_config(overrides=overrides)
+    message = str(error.value)
+    assert key in message
+    assert "\n" not in message
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path):
+    path = tmp_path / "conf.yaml"
+    path.write_text("lr: 0.001\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        build_config(path)
+
+
+@pytest.mark.parametrize("text", ["model:\n  context: gru\n", "- a\n- b\n", "lr: [1, 2\n"])
+def test_malformed_file_names_the_file(tmp_path, text):
+    path = tmp_path / "conf.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="conf.yaml"):
+        build_config(path)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        build_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("item", ["lr", "=3", ""])
+def test_malformed_override(item):
+    with pytest.raises(ConfigError):
+        parse_overrides([item])
+
+
+def test_round_trip_through_dict():
+    cfg = build_config(overrides={"preset": "cpc_small", "context": "transformer", "context_heads": 2,
+                                  "encoder_kernels": [4, 4], "encoder_strides": [2, 2],
+                                  "encoder_paddings": [0, 0], "cmvn": True, "cpc_temperature": 0.5})
+    again = Config.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.to_dict() == cfg.to_dict()
+    assert set(cfg.flat()) == {k for section in cfg.to_dict().values() for k in section}
+
+
+def test_from_dict_refuses_unknown_keys():
+    nested = Config().to_dict()
+    nested["model"]["old_option"] = 1
+    with pytest.raises(ConfigError, match="old_option"):
+        Config.from_dict(nested)
+
+
+def test_check_window_accepts_the_default():
+    cfg = Config()
+    check_window(cfg, num_frames=128, receptive_field=465)
+
+
+def test_check_window_refuses_window_shorter_than_receptive_field():
+    cfg = build_config(overrides={"window_samples": 400})
+    with pytest.raises(ConfigError, match="receptive field"):
+        check_window(cfg, num_frames=2, receptive_field=465)
+
+
+def test_check_window_refuses_too_few_frames_for_the_steps():
+    cfg = build_config(overrides={"window_samples": 1600, "cpc_steps": 12})
+    with pytest.raises(ConfigError, match="cpc_steps"):
+        check_window(cfg, num_frames=10, receptive_field=465)
+
+
+@pytest.mark.parametrize("policy, negatives, ok", [
+    ("sequence", 19, True), ("sequence", 20, False), ("batch", 79, True), ("batch", 80, False)])
+def test_check_window_counts_negative_candidates(policy, negatives, ok):
+    cfg = build_config(overrides={"window_samples": 3200, "cpc_steps": 3, "cpc_negatives": negatives,
+                                  "cpc_negative_policy": policy, "batch_size": 4})
+    if ok:
+        check_window(cfg, num_frames=20, receptive_field=465)
+    else:
+        with pytest.raises(ConfigError, match="cpc_negatives"):
+            check_window(cfg, num_frames=20, receptive_field=465)
