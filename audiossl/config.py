@@ -42,7 +42,7 @@ class ModelConfig:
     encoder_strides: list[int] = field(default_factory=lambda: [5, 4, 2, 2, 2])  # product = hop
     encoder_paddings: list[int] = field(default_factory=lambda: [3, 2, 1, 1, 1])  # CPC_audio's
     encoder_norm: str = "channel"  # batch (paper) | channel (per-frame, CPC_audio) | none
-    context: str = "gru"  # gru | lstm | transformer | none
+    context: str = "gru"  # gru | lstm | transformer | none | npc (masked-conv blocks, NPC)
     context_dim: int = 256  # hidden size of the context network
     context_layers: int = 1  # recurrent or Transformer layers
     context_residual: bool = False  # residual connections between recurrent layers (APC)
@@ -62,6 +62,16 @@ class ObjectiveConfig:
     cpc_score: str = "bilinear"  # bilinear z^T W_k c | cosine (cos(W_k c, z) / temperature)
     cpc_temperature: float = 0.1  # divides cosine scores
     cpc_loss: str = "infonce"  # infonce (softmax over candidates) | nce (binary logistic, wav2vec)
+    apc_shift: int = 3  # APC predicts log-mel frame t + apc_shift from c_t (Chung et al.: 2-5 best)
+    mpc_mask_proportion: float = 0.15  # MPC: expected fraction of frames selected, in spans
+    mpc_span: int = 7  # MPC: frames per selected span (Mockingjay's mask_consecutive)
+    mpc_zero_prob: float = 0.8  # MPC: a selected span is zeroed with this probability
+    mpc_random_prob: float = 0.1  # MPC: ... replaced by another span of the utterance (else kept)
+    mpc_freq_mask_bins: int = 0  # MPC: zero a random band of up to this many log-mel bins (0: off; TERA)
+    mpc_head: str = "mlp"  # MPC prediction head: mlp (Mockingjay's dense-GELU-LayerNorm-linear) | linear
+    npc_vq_groups: int = 0  # NPC: vector-quantization groups before the postnet (0: no VQ; paper 4)
+    npc_vq_codes: int = 64  # NPC: codes per VQ group
+    npc_vq_temperature: float = 1.0  # NPC: Gumbel-softmax temperature of the VQ during training
 
 
 @dataclass
@@ -79,6 +89,7 @@ class TrainConfig:
     log_every: int = 10  # steps between TensorBoard/tqdm updates
     ckpt_every: int = 200  # steps between checkpoints (and always at the end)
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
+    max_minutes: float = 0.0  # wall-time budget of one run: checkpoint and stop after it (0: none)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig, "train": TrainConfig}
@@ -90,6 +101,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpc_paper": {"encoder_channels": 512, "encoder_norm": "batch"},
     # A small model for tests and the demo recipe.
     "cpc_small": {"encoder_channels": 64, "context_dim": 64, "cpc_steps": 6, "cpc_negatives": 32},
+    # Chung et al. 2019 (APC): 80 log-mel bins, GRU 3 x 512 with residual connections, n = 3.
+    "apc_paper": {"objective": "apc", "frontend": "logmel", "cmvn": True, "encoder_kernels": [],
+                  "encoder_strides": [], "encoder_paddings": [], "context": "gru", "context_dim": 512,
+                  "context_layers": 3, "context_residual": True, "apc_shift": 3},
+    # Mockingjay/TERA base (MPC): bidirectional Transformer, 3 layers of 768, 12 heads.
+    "mpc_paper": {"objective": "mpc", "frontend": "logmel", "cmvn": True, "encoder_kernels": [],
+                  "encoder_strides": [], "encoder_paddings": [], "context": "transformer",
+                  "context_causal": False, "context_dim": 768, "context_layers": 3, "context_heads": 12,
+                  "context_ff_dim": 3072, "context_dropout": 0.1},
+    # Liu et al. 2020 (NPC): 4 masked-conv blocks of 512, VQ with 4 groups of 64 codes.
+    "npc_paper": {"objective": "npc", "frontend": "logmel", "cmvn": True, "encoder_kernels": [],
+                  "encoder_strides": [], "encoder_paddings": [], "context": "npc", "context_dim": 512,
+                  "context_layers": 4, "context_residual": True, "context_dropout": 0.1,
+                  "npc_vq_groups": 4, "npc_vq_codes": 64},
 }
 
 
@@ -235,7 +260,8 @@ def validate(cfg: Config) -> None:
     _choice("sampler", d.sampler, ("uniform", "same_speaker"))
     _choice("frontend", m.frontend, ("waveform", "logmel"))
     _choice("encoder_norm", m.encoder_norm, ("batch", "channel", "none"))
-    _choice("context", m.context, ("gru", "lstm", "transformer", "none"))
+    _choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
+    _choice("mpc_head", o.mpc_head, ("mlp", "linear"))
     _choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))
     _choice("cpc_score", o.cpc_score, ("bilinear", "cosine"))
     _choice("cpc_loss", o.cpc_loss, ("infonce", "nce"))
@@ -258,18 +284,54 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r} must hold positive integers, got {getattr(m, key)}")
     if any(v < 0 for v in m.encoder_paddings):
         raise ConfigError(f"config key 'encoder_paddings' must not be negative, got {m.encoder_paddings}")
+    if d.num_workers < 0:
+        raise ConfigError(f"config key 'num_workers' must not be negative, got {d.num_workers}")
     if m.context_layers < 0 or (m.context != "none" and m.context_layers == 0):
         raise ConfigError(f"config key 'context_layers' must be positive, got {m.context_layers}")
     if m.context == "transformer" and m.context_dim % m.context_heads:
         raise ConfigError(f"context_dim {m.context_dim} is not divisible by context_heads {m.context_heads}")
+    if t.max_minutes < 0:
+        raise ConfigError(f"config key 'max_minutes' must not be negative, got {t.max_minutes}")
     if t.lr <= 0 or t.warmup_steps < 0 or t.clip_grad < 0 or t.weight_decay < 0:
         raise ConfigError("lr must be positive; warmup_steps, clip_grad and weight_decay non-negative")
+    _validate_predictive(cfg)
     if o.cpc_temperature <= 0:
         raise ConfigError(f"config key 'cpc_temperature' must be positive, got {o.cpc_temperature}")
     if not 0.0 <= m.context_dropout < 1.0:
         raise ConfigError(f"config key 'context_dropout' must be in [0, 1), got {m.context_dropout}")
     # Window size against what the objective needs is checked once the model
     # is built (the receptive field is computed there): see check_window().
+
+
+def _validate_predictive(cfg: Config) -> None:
+    """APC, MPC and NPC settings, and the context network each one needs."""
+    m, o = cfg.model, cfg.objective
+    if o.apc_shift < 1 or o.mpc_span < 1 or o.npc_vq_groups < 0 or o.mpc_freq_mask_bins < 0:
+        raise ConfigError("apc_shift and mpc_span must be positive; npc_vq_groups and mpc_freq_mask_bins "
+                          "not negative")
+    if not 0.0 < o.mpc_mask_proportion < 1.0:
+        raise ConfigError(f"config key 'mpc_mask_proportion' must be in (0, 1), got {o.mpc_mask_proportion}")
+    if min(o.mpc_zero_prob, o.mpc_random_prob) < 0 or o.mpc_zero_prob + o.mpc_random_prob > 1:
+        raise ConfigError("mpc_zero_prob and mpc_random_prob must be non-negative and sum to at most 1")
+    if o.mpc_freq_mask_bins > m.n_mels:
+        raise ConfigError(f"mpc_freq_mask_bins {o.mpc_freq_mask_bins} exceeds n_mels {m.n_mels}")
+    if o.npc_vq_groups and (o.npc_vq_codes < 2 or m.context_dim % o.npc_vq_groups or o.npc_vq_temperature <= 0):
+        raise ConfigError(f"NPC's VQ needs npc_vq_codes >= 2, a positive npc_vq_temperature and context_dim "
+                          f"{m.context_dim} divisible by npc_vq_groups {o.npc_vq_groups}")
+    if m.context == "npc" and m.context_layers > 4:
+        # The masked conv (kernel 15) hides 5 + 2 * block frames: 13 at block 4, the last that fits.
+        raise ConfigError(f"context: npc has at most 4 blocks, got context_layers={m.context_layers}")
+    bidirectional = m.context == "npc" or (m.context == "transformer" and not m.context_causal)
+    if o.objective == "apc" and bidirectional:
+        raise ConfigError("objective apc needs a unidirectional context (gru, lstm, or transformer with "
+                          "context_causal: true)")
+    if o.objective == "mpc" and not (m.context == "transformer" and not m.context_causal):
+        raise ConfigError("objective mpc needs a bidirectional Transformer (context: transformer, "
+                          "context_causal: false)")
+    if o.objective == "npc" and m.context != "npc":
+        raise ConfigError(f"objective npc needs context: npc (its masked-conv network), got context: {m.context}")
+    if o.objective == "mpc" and o.mpc_freq_mask_bins and m.frontend != "logmel":
+        raise ConfigError("mpc_freq_mask_bins needs frontend: logmel (the band is masked in the log-mel input)")
 
 
 def check_window(cfg: Config, num_frames: int, receptive_field: int) -> None:
@@ -294,3 +356,7 @@ def check_window(cfg: Config, num_frames: int, receptive_field: int) -> None:
             raise ConfigError(
                 f"cpc_negatives={negatives} but only {candidates - 1} frames can be negatives "
                 f"({cfg.objective.cpc_negative_policy} policy, {num_frames} frames per window)")
+    needed = {"apc": cfg.objective.apc_shift + 1, "mpc": cfg.objective.mpc_span}.get(cfg.objective.objective, 0)
+    if num_frames < needed:
+        raise ConfigError(f"window_samples {cfg.data.window_samples} gives {num_frames} frames; objective "
+                          f"{cfg.objective.objective} needs at least {needed} (apc_shift + 1, or mpc_span)")

@@ -13,6 +13,7 @@ from audiossl.config import ModelConfig
 from audiossl.models.context import NoContext, RecurrentContext, TransformerContext
 from audiossl.models.encoders import ConvEncoder
 from audiossl.models.frontends import build_frontend
+from audiossl.models.npc import NPCContext
 
 
 class SSLModel(nn.Module):
@@ -124,6 +125,8 @@ def build_context(cfg: ModelConfig, in_dim: int) -> nn.Module:
                                   cfg.context_max_frames)
     if cfg.context == "none":
         return NoContext(in_dim)
+    if cfg.context == "npc":
+        return NPCContext(in_dim, cfg.context_dim, cfg.context_layers, cfg.context_residual, cfg.context_dropout)
     raise ValueError(f"unknown context network {cfg.context!r}")
 
 

@@ -10,10 +10,16 @@ from __future__ import annotations
 from torch import nn
 
 from audiossl.config import Config
+from audiossl.objectives.apc import APCObjective
 from audiossl.objectives.cpc import CPCObjective
+from audiossl.objectives.mpc import MPCObjective
+from audiossl.objectives.npc import NPCObjective
 
 OBJECTIVES: dict[str, type[nn.Module]] = {
     "cpc": CPCObjective,
+    "apc": APCObjective,
+    "mpc": MPCObjective,
+    "npc": NPCObjective,
 }
 
 
