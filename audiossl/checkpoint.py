@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,12 @@ def versions() -> dict[str, str]:
     return {"audiossl": __version__, "torch": str(torch.__version__)}
 
 
+def _first_sentence(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    text = lines[0].split(". ")[0].strip("'") if lines else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint as data; anything that would run code is refused."""
     path = Path(path)
@@ -69,11 +76,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line or "Unpickler" in line]
-        detail = lines[0] if lines else "it holds more than tensors and plain values"
-        raise CheckpointError(f"{path}: refused: loading it would need to run code ({detail})") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({str(e).splitlines()[0]})") from None
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path}: cannot read checkpoint ({_first_sentence(e)})") from None
+        # torch's message suggests allowlisting the global; for a checkpoint that is never right.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        detail = f"it names {found.group(1)}" if found else "it holds more than tensors and plain values"
+        raise CheckpointError(f"{path}: refused: loading it would need to run code ({detail}); "
+                              "checkpoints are loaded as data only") from None
+    except Exception as e:  # a bad zip (RuntimeError), an empty file (EOFError), garbage (KeyError)...
+        raise CheckpointError(f"{path}: cannot read checkpoint, truncated or not a checkpoint "
+                              f"({_first_sentence(e)})") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not an audiossl checkpoint (no config or model state)")
     return ckpt

@@ -1,12 +1,24 @@
 """The one training loop, for every objective.
 
-setup (devices, DDP, seeds) -> build (data, model, objective, optimizer) ->
-resume if the experiment folder has a checkpoint -> loop (lr schedule,
-accumulate, clip, step, log, checkpoint) -> teardown.
+setup (devices, DDP, seeds) -> build (model, objective: config errors surface
+here, before the data is touched) -> data -> resume if the experiment folder
+has a checkpoint -> loop (lr schedule, accumulate, clip, step, log, checkpoint)
+-> teardown.
 
 Under ``torchrun`` (detected through ``RANK``) every process trains one
 replica: NCCL on GPUs, gloo on CPUs; rank 0 alone logs and writes. Seeds are
 offset by the rank, and rank r reads batches r, r + world, ... of each epoch.
+
+Faults the loop survives (docs/reliability.md lists them with their tests):
+files the scan finds unusable are skipped and listed in
+``scan_problems.tsv`` (``strict`` makes them an error before training); a
+file that fails later has its windows replaced within their batch and is
+logged in ``read_errors.tsv``; a step whose loss or gradient is not finite is
+dropped, and ``max_nonfinite`` of them in a row stop the run without saving.
+A killed run resumes from its last checkpoint with the same optimizer,
+scheduler, data position and RNG states, and ``train_log.tsv`` (step, loss,
+lr; one line per step, cut back to the checkpoint on resume) then reads as if
+the run had never stopped.
 """
 
 from __future__ import annotations
@@ -30,12 +42,14 @@ from tqdm import tqdm
 
 from audiossl.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, versions
 from audiossl.config import Config, check_window
-from audiossl.data.corpus import Problem, load_corpus, read_manifest
+from audiossl.data.corpus import CorpusError, Problem, load_corpus, read_manifest
 from audiossl.data.windows import WindowDataset, collate_windows, epoch_batches
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
 
 CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.tsv"
+TRAIN_LOG_COLUMNS = ("step", "loss", "lr")
 
 
 class TrainingError(RuntimeError):
@@ -111,20 +125,44 @@ def autocast(device: torch.device):
 
 
 def report_problems(problems: list[Problem], exp_dir: Path) -> None:
-    if not problems:
-        return
     path = exp_dir / "scan_problems.tsv"
+    if not problems:
+        path.unlink(missing_ok=True)
+        return
     path.write_text("".join(f"{p.path}\t{p.reason}\n" for p in problems))
     print(f"skipped {len(problems)} unusable file(s), listed in {path}:")
     for p in problems[:10]:
         print(f"  {p.path}: {p.reason}")
+    if len(problems) > 10:
+        print(f"  ... and {len(problems) - 10} more")
+
+
+def open_train_log(path: Path, step: int):
+    """The per-step log, cut back to ``step`` and opened for appending.
+
+    A resumed run drops the lines its killed predecessor wrote after the
+    checkpoint (it trains those steps again), so the log matches an
+    uninterrupted run's line for line.
+    """
+    kept = []
+    if path.is_file():
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split("\t")
+            if len(fields) == len(TRAIN_LOG_COLUMNS) and fields[0].isdigit() and int(fields[0]) <= step:
+                kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in ["\t".join(TRAIN_LOG_COLUMNS), *kept]))
+    os.replace(tmp, path)
+    return open(path, "a")
 
 
 def check_resumable(cfg: Config, saved: dict, path: Path) -> None:
     """The architecture and objective come from the checkpoint; refuse a clash."""
     current = cfg.to_dict()
-    for section in ("model", "objective"):
-        differ = [k for k, v in current[section].items() if saved[section].get(k) != v]
+    fixed = {"model": list(current["model"]), "objective": list(current["objective"]), "data": ["sample_rate"]}
+    for section, keys in fixed.items():
+        # Keys a checkpoint predates take their defaults: compare only what it saved.
+        differ = [k for k in keys if k in saved.get(section, {}) and saved[section][k] != current[section][k]]
         if differ:
             raise TrainingError(
                 f"{path} was trained with other {section} settings ({', '.join(differ)}); "
@@ -132,11 +170,17 @@ def check_resumable(cfg: Config, saved: dict, path: Path) -> None:
 
 
 class BatchStream:
-    """Batches in a deterministic order, resumable at (epoch, position)."""
+    """Batches in a deterministic order, resumable at (epoch, position).
+
+    A window whose file fails is replaced within its batch (see
+    ``collate_windows``), a batch with no readable window is passed over;
+    the failures wait in ``read_errors`` until the loop collects them.
+    """
 
     def __init__(self, dataset: WindowDataset, cfg: Config, dist_info: Distributed, epoch: int, position: int):
         self.dataset, self.cfg, self.dist = dataset, cfg, dist_info
         self.epoch, self.position = epoch, position
+        self.read_errors: list[tuple[str, str]] = []
         self._iterator = None
 
     def _open(self) -> None:
@@ -147,9 +191,13 @@ class BatchStream:
                 f"the corpus gives no full batch of {self.cfg.train.batch_size} windows per process "
                 f"({self.cfg.data.sampler} sampler); use a smaller batch_size or more data")
         workers = self.cfg.data.num_workers
+        # A DataLoader iterator draws a seed from the global RNG unless given its
+        # own generator; a resumed run opens one more iterator than an
+        # uninterrupted run and would then sample other CPC negatives.
+        generator = torch.Generator().manual_seed(self.cfg.train.seed)
         loader = DataLoader(self.dataset, batch_sampler=batches[self.position:], collate_fn=collate_windows,
                             num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                            prefetch_factor=4 if workers else None)
+                            prefetch_factor=4 if workers else None, generator=generator)
         self._iterator = iter(loader)
 
     def next(self) -> dict:
@@ -158,19 +206,24 @@ class BatchStream:
                 self._open()
             try:
                 batch = next(self._iterator)
-                self.position += 1
-                return batch
             except StopIteration:
                 self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
+                continue
+            self.position += 1
+            self.read_errors.extend(batch.pop("read_errors"))
+            if batch["wavs"] is not None:
+                return batch
 
 
-def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = True) -> dict:
+def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = True, strict: bool = False) -> dict:
     """Pretrain a model with ``cfg``'s objective, resuming from ``exp_dir``.
 
     Args:
         data: a corpus folder or a manifest TSV.
         exp_dir: the experiment folder: checkpoint, TensorBoard logs, the
             resolved config and the manifest live here.
+        strict: refuse to train (``CorpusError``) when any file is unusable
+            or shorter than the window, instead of skipping it.
 
     Returns:
         A summary: the final step and the last logged metrics.
@@ -185,20 +238,11 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
     ckpt_path = exp_dir / CHECKPOINT
     torch.manual_seed(cfg.train.seed + dist_info.rank)
     random.seed(cfg.train.seed + dist_info.rank)
+    if dist_info.is_main:  # what a run killed while saving left behind
+        for stale in exp_dir.glob(f".{CHECKPOINT}.tmp*"):
+            stale.unlink(missing_ok=True)
 
-    # --- data: rank 0 scans (or reuses the cached manifest), the others read it
-    manifest = exp_dir / "manifest.tsv"
-    if dist_info.is_main:
-        utterances, problems = load_corpus(data, cache=manifest, speaker_level=cfg.data.speaker_level,
-                                           progress=progress)
-        report_problems(problems, exp_dir)
-    if dist_info.enabled:
-        dist.barrier()
-        if not dist_info.is_main:
-            utterances = read_manifest(manifest) if not Path(data).is_file() else read_manifest(data)
-    dataset = WindowDataset(utterances, cfg.data.window_samples, cfg.data.sample_rate, seed=cfg.train.seed)
-
-    # --- model, objective, optimizer ---------------------------------------
+    # --- model and objective: a bad config or checkpoint fails before the scan
     resumed = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if resumed is not None:
         check_resumable(cfg, resumed["config"], ckpt_path)
@@ -206,17 +250,46 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
     window_frames = int(model.output_lengths(torch.tensor([cfg.data.window_samples])))
     check_window(cfg, window_frames, model.receptive_field)
     objective = build_objective(cfg, model)
+
+    # --- data: rank 0 scans (or reuses the cached manifest), the others read it
+    manifest = exp_dir / "manifest.tsv"
+    if dist_info.is_main:
+        utterances, problems = load_corpus(data, cache=manifest, speaker_level=cfg.data.speaker_level,
+                                           progress=progress)
+    if dist_info.enabled:
+        dist.barrier()
+        if not dist_info.is_main:
+            utterances = read_manifest(manifest) if not Path(data).is_file() else read_manifest(data)
+    try:
+        dataset = WindowDataset(utterances, cfg.data.window_samples, cfg.data.sample_rate, seed=cfg.train.seed)
+    except ValueError as e:
+        raise CorpusError(f"{data}: {e}") from None
+    if dist_info.is_main:
+        rate, window = cfg.data.sample_rate, cfg.data.window_samples
+        problems = problems + [
+            Problem(u.path, f"shorter than the training window ({u.samples_at(rate)} < {window} samples at {rate} Hz)")
+            for u in dataset.short]
+        report_problems(problems, exp_dir)
+        resampled = sum(u.sample_rate != rate for u in dataset.utterances)
+        if resampled:
+            print(f"note: {resampled} file(s) not at {rate} Hz are resampled as they are read")
+        if strict and problems:
+            raise CorpusError(f"{len(problems)} unusable file(s) and strict mode: fix or remove them "
+                              f"(listed in {exp_dir / 'scan_problems.tsv'}), or train without --strict")
+
+    # --- optimizer, resume -------------------------------------------------
     module = Pretrainer(model, objective).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.decay))
-    step, epoch, position = 0, 0, 0
+    step, epoch, position, skipped, skipped_windows = 0, 0, 0, 0, 0
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         objective.load_state_dict(resumed["objective"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         step, epoch, position = resumed["step"], resumed["epoch"], resumed["position"]
+        skipped, skipped_windows = resumed.get("skipped_steps", 0), resumed.get("skipped_windows", 0)
         rngs = resumed["rng"]
         if len(rngs) == dist_info.world_size:
             set_rng_state(rngs[dist_info.rank])
@@ -231,7 +304,11 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
         ddp_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     stream = BatchStream(dataset, cfg, dist_info, epoch, position)
-    writer = SummaryWriter(str(exp_dir / "tb")) if dist_info.is_main else None
+    writer = None
+    if dist_info.is_main:
+        # purge_step hides what a killed run logged after its last checkpoint.
+        writer = SummaryWriter(str(exp_dir / "tb"), purge_step=step if step else None)
+        train_log = open_train_log(exp_dir / TRAIN_LOG, step)
     audio_seconds_per_step = (cfg.train.batch_size * cfg.train.accumulate * dist_info.world_size
                               * cfg.data.window_samples / cfg.data.sample_rate)
 
@@ -246,17 +323,37 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
                 "position": stream.position, "model": module.model.state_dict(),
                 "objective": module.objective.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": states,
+                "skipped_steps": skipped, "skipped_windows": skipped_windows,
             }, ckpt_path)
+
+    bad_files: set[str] = set()
+
+    def collect_read_errors() -> int:
+        """Gather every rank's read failures; rank 0 logs them. Returns their number."""
+        errors, stream.read_errors = stream.read_errors, []
+        if dist_info.enabled:
+            gathered = [None] * dist_info.world_size
+            dist.all_gather_object(gathered, errors)
+            errors = [e for rank_errors in gathered for e in rank_errors]
+        if errors and dist_info.is_main:
+            with open(exp_dir / "read_errors.tsv", "a") as f:
+                f.writelines(f"{step}\t{path}\t{reason}\n" for path, reason in errors)
+            for path, reason in errors:
+                if path not in bad_files:
+                    bad_files.add(path)
+                    tqdm.write(f"warning: {path}: {reason}; its windows are replaced (see read_errors.tsv)")
+        return len(errors)
 
     # --- loop --------------------------------------------------------------
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step",
                disable=not (progress and dist_info.is_main), dynamic_ncols=True)
     ddp_module.train()
     sums: dict[str, float] = {}
-    logged_steps, window_start, nonfinite_run, skipped = 0, time.perf_counter(), 0, 0
+    logged_steps, window_start, nonfinite_run = 0, time.perf_counter(), 0
+    run_start = window_start
     last: dict[str, float] = {}
     while step < cfg.train.max_steps:
-        finite = True
+        finite, step_loss, step_metrics = True, 0.0, {}
         for micro in range(cfg.train.accumulate):
             batch = stream.next()
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -265,34 +362,45 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
             with (contextlib.nullcontext() if sync else ddp_module.no_sync()), autocast(device):
                 loss, metrics = ddp_module(batch)
             finite = finite and bool(torch.isfinite(loss.detach()))
+            step_loss += float(loss.detach()) / cfg.train.accumulate
             (loss / cfg.train.accumulate).backward()
             for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / cfg.train.accumulate
-        if dist_info.enabled:  # every rank must agree to skip
-            flag = torch.tensor([0.0 if finite else 1.0], device=device)
-            dist.all_reduce(flag)
-            finite = flag.item() == 0
+                step_metrics[key] = step_metrics.get(key, 0.0) + float(value) / cfg.train.accumulate
+        if dist_info.enabled:  # every rank must agree to skip; the log shows the mean loss
+            flags = torch.tensor([0.0 if finite else 1.0, step_loss], dtype=torch.float64, device=device)
+            dist.all_reduce(flags)
+            finite, step_loss = flags[0].item() == 0, flags[1].item() / dist_info.world_size
+        grad_norm = None
+        if finite:
+            # Clip (or only measure, max_norm=inf): a finite loss can still give a non-finite gradient.
+            max_norm = cfg.train.clip_grad if cfg.train.clip_grad > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm))
+            finite = math.isfinite(grad_norm)
         if not finite:
-            # A non-finite loss would poison the weights: drop this step's gradients.
+            # A non-finite loss or gradient would poison the weights: drop this step's gradients.
             optimizer.zero_grad(set_to_none=True)
             nonfinite_run += 1
             skipped += 1
             if nonfinite_run >= cfg.train.max_nonfinite:
-                raise TrainingError(f"{nonfinite_run} non-finite losses in a row up to step {step + 1}; "
+                raise TrainingError(f"{nonfinite_run} non-finite losses or gradients in a row at step {step + 1}; "
                                     f"stopping without saving (last checkpoint: {ckpt_path})")
             continue
         nonfinite_run = 0
-        grad_norm = None
-        if cfg.train.clip_grad > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.train.clip_grad))
+        step_lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         logged_steps += 1
         bar.update(1)
+        for key, value in step_metrics.items():
+            sums[key] = sums.get(key, 0.0) + value
+        if dist_info.is_main:
+            train_log.write(f"{step}\t{step_loss!r}\t{step_lr!r}\n")
+            train_log.flush()
 
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            skipped_windows += collect_read_errors()
             elapsed = time.perf_counter() - window_start
             last = {k: v / logged_steps for k, v in sums.items()}
             last["lr"] = scheduler.get_last_lr()[0]
@@ -300,6 +408,7 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
             if grad_norm is not None:
                 last["grad_norm"] = grad_norm
             last["skipped_steps"] = skipped
+            last["skipped_windows"] = skipped_windows
             if writer is not None:
                 for key, value in last.items():
                     group = "train" if "_k" not in key else key.rsplit("_k", 1)[0] + "_per_step"
@@ -310,14 +419,26 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
             shown["audio_s_per_s"] = f"{last['audio_seconds_per_second']:.1f}"
             bar.set_postfix(shown)
             sums, logged_steps, window_start = {}, 0, time.perf_counter()
-        if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps:
+        # A time budget ends the run early with a checkpoint; running again resumes.
+        out_of_time = cfg.train.max_minutes > 0 and time.perf_counter() - run_start > 60 * cfg.train.max_minutes
+        if dist_info.enabled and cfg.train.max_minutes > 0:  # every rank stops at the same step
+            flag = torch.tensor([float(out_of_time)], device=device)
+            dist.all_reduce(flag)
+            out_of_time = flag.item() > 0
+        if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps or out_of_time:
             save()
+        if out_of_time:
+            if dist_info.is_main:
+                print(f"stopping at step {step}: the {cfg.train.max_minutes:g}-minute budget is spent")
+            break
 
     # --- teardown ----------------------------------------------------------
     bar.close()
     if writer is not None:
         writer.close()
+        train_log.close()
     if dist_info.enabled:
         dist.barrier()
         dist.destroy_process_group()
-    return {"step": step, "skipped_steps": skipped, "metrics": last, "checkpoint": str(ckpt_path)}
+    return {"step": step, "skipped_steps": skipped, "skipped_windows": skipped_windows, "metrics": last,
+            "checkpoint": str(ckpt_path)}

@@ -2,7 +2,11 @@
 
 A manifest is a TSV file with a header line and the columns
 ``id  path  speaker  num_samples  sample_rate``; ``num_samples`` and
-``sample_rate`` are the file's own, read from its header (never by decoding).
+``sample_rate`` are the file's own, read from its header. The scan also
+decodes each file once to find the ones a header cannot reveal as unusable
+(:mod:`audiossl.data.validate`); those are listed, with the reason, in a
+problems file beside the manifest (``train.tsv`` -> ``train.problems.tsv``,
+lines ``path  reason``), so that a cached scan still knows what it skipped.
 Relative paths in a manifest are relative to the manifest's folder.
 """
 
@@ -14,9 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from audiossl.audio import AudioError, audio_info
+from audiossl.data.validate import check_files
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MANIFEST_COLUMNS = ("id", "path", "speaker", "num_samples", "sample_rate")
@@ -72,8 +74,14 @@ def find_audio(root: Path) -> list[Path]:
     return sorted(files)
 
 
-def scan_corpus(root: str | Path, speaker_level: int = -1, progress: bool = True) -> tuple[list[Utterance], list[Problem]]:
-    """Read every audio file's header below ``root``.
+def scan_corpus(root: str | Path, speaker_level: int = -1, progress: bool = True,
+                decode: bool = True) -> tuple[list[Utterance], list[Problem]]:
+    """Read every audio file's header below ``root`` and, with ``decode``, its samples once.
+
+    Args:
+        decode: decode every file once (:mod:`audiossl.data.validate`) to
+            catch truncated or corrupt streams and NaN/inf samples, which
+            headers hide; without it only headers are read.
 
     Returns:
         The usable utterances, sorted by id, and the files that were skipped
@@ -83,17 +91,14 @@ def scan_corpus(root: str | Path, speaker_level: int = -1, progress: bool = True
     if not root.is_dir():
         raise CorpusError(f"{root}: not a folder")
     utterances, problems, seen = [], [], {}
-    for path in tqdm(find_audio(root), desc=f"scan {root.name}", unit="file", disable=not progress, leave=False):
+    paths = find_audio(root)
+    for path, check in zip(paths, check_files(paths, decode, progress, desc=f"scan {root.name}")):
+        if check.problem is not None:
+            problems.append(Problem(str(path), check.problem))
+            continue
         relative = path.relative_to(root)
-        try:
-            num_samples, rate, _ = audio_info(path)
-        except AudioError as e:
-            problems.append(Problem(str(path), str(e).split(": ", 1)[-1]))
-            continue
-        if num_samples == 0:
-            problems.append(Problem(str(path), "empty (0 samples)"))
-            continue
-        utt = Utterance(utterance_id(relative), str(path.resolve()), speaker_of(relative, speaker_level), num_samples, rate)
+        utt = Utterance(utterance_id(relative), str(path.resolve()), speaker_of(relative, speaker_level),
+                        check.num_samples, check.sample_rate)
         if utt.id in seen:
             raise CorpusError(f"{path}: utterance id {utt.id!r} also used by {seen[utt.id]}")
         seen[utt.id] = path
@@ -108,12 +113,42 @@ def write_manifest(utterances: list[Utterance], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        for u in utterances:
-            writer.writerow([u.id, u.path, u.speaker, u.num_samples, u.sample_rate])
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
+            for u in utterances:
+                writer.writerow([u.id, u.path, u.speaker, u.num_samples, u.sample_rate])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def problems_path(manifest: str | Path) -> Path:
+    """The problems file that goes with a manifest: ``x.tsv`` -> ``x.problems.tsv``."""
+    manifest = Path(manifest)
+    return manifest.with_name(manifest.stem + ".problems.tsv")
+
+
+def write_problems(problems: list[Problem], path: str | Path) -> None:
+    """``path  reason`` lines, written atomically (an empty file when all is well)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    clean = [(p.path, " ".join(p.reason.split())) for p in problems]  # one line, no tabs
+    try:
+        tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in clean))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_problems(path: str | Path) -> list[Problem]:
+    """The problems file beside a manifest; none when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [Problem(*line.split("\t", 1)) for line in path.read_text().splitlines() if "\t" in line]
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:
@@ -138,6 +173,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             raise CorpusError(f"{path}:{number}: num_samples and sample_rate must be integers") from None
         if utt_id in seen:
             raise CorpusError(f"{path}:{number}: duplicate utterance id {utt_id!r}")
+        if not utt_id or utt_id.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", utt_id):
+            # Ids name output files (OUT/<layer>/<id>.npy): one must not point outside the folder.
+            raise CorpusError(f"{path}:{number}: utterance id {utt_id!r} must be a relative name without '..'")
         seen.add(utt_id)
         audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
         utterances.append(Utterance(utt_id, str(audio_path), speaker, num_samples, rate))
@@ -154,16 +192,22 @@ def load_corpus(source: str | Path, cache: str | Path | None = None, speaker_lev
         source: a manifest ``.tsv`` or a folder to scan.
         cache: where to keep the manifest of a scanned folder; reused when it
             exists and lists files below ``source``.
+
+    Returns:
+        The utterances and the files the scan skipped (read back from the
+        problems file beside a manifest or cache, so a reused scan still
+        reports them).
     """
     source = Path(source)
     if source.is_file():
-        return read_manifest(source), []
+        return read_manifest(source), read_problems(problems_path(source))
     if cache is not None and Path(cache).is_file():
         cached = read_manifest(cache)
         root = str(source.resolve())
         if all(Path(u.path).is_relative_to(root) for u in cached):
-            return cached, []
+            return cached, read_problems(problems_path(cache))
     utterances, problems = scan_corpus(source, speaker_level, progress)
     if cache is not None:
+        write_problems(problems, problems_path(cache))
         write_manifest(utterances, cache)
     return utterances, problems

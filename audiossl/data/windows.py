@@ -13,6 +13,12 @@ Samplers:
     CPC_audio's ``--samplingType samespeaker``).
 Under DDP, rank r takes batches r, r + world, r + 2 world, ...: each rank
 reads different windows.
+
+A file that cannot be read any more (deleted or truncated after the scan) does
+not stop a run: its window comes back marked with the error, and
+:func:`collate_windows` fills its place in the batch with another window of the
+same batch, so batch shapes and the step count stay as they were; the batch
+lists the failures under ``read_errors`` for the training loop to count.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audiossl.audio import read_audio
+from audiossl.audio import AudioError, read_audio
 from audiossl.data.corpus import Utterance
 
 
@@ -42,7 +48,9 @@ class WindowDataset(Dataset):
         self.seed = seed
         lengths = [u.samples_at(sample_rate) for u in utterances]
         keep = [i for i, n in enumerate(lengths) if n >= window_samples]
-        self.too_short = len(utterances) - len(keep)
+        kept = set(keep)
+        self.short = [u for i, u in enumerate(utterances) if i not in kept]  # dropped: shorter than a window
+        self.too_short = len(self.short)
         if not keep:
             raise ValueError(f"no utterance is at least window_samples={window_samples} samples long")
         self.utterances = [utterances[i] for i in keep]
@@ -64,18 +72,38 @@ class WindowDataset(Dataset):
         return len(self.utterances)
 
     def __getitem__(self, window: Window) -> dict:
+        """The window's samples, or ``wav=None`` and ``error=(path, reason)`` if the file fails."""
         utt = self.utterances[window.utt_index]
-        wav = read_audio(utt.path, self.sample_rate, window.start, self.window_samples)
-        return {"wav": wav, "speaker": self.speaker_index[utt.speaker], "id": utt.id}
+        item = {"wav": None, "speaker": self.speaker_index[utt.speaker], "id": utt.id}
+        try:
+            item["wav"] = read_audio(utt.path, self.sample_rate, window.start, self.window_samples)
+        except AudioError as e:
+            item["error"] = (utt.path, str(e).removeprefix(f"{utt.path}: "))
+        return item
 
 
 def collate_windows(items: list[dict]) -> dict:
+    """Stack windows into a batch; failed windows are replaced by readable ones.
+
+    Returns:
+        ``wavs`` (batch, samples), ``lengths`` (batch,), ``speakers``
+        (batch,), ``ids`` and ``read_errors`` (the (path, reason) of each
+        window that failed). When no window of the batch could be read,
+        ``wavs`` is None.
+    """
+    good = [it for it in items if it["wav"] is not None]
+    errors = [it["error"] for it in items if it["wav"] is None]
+    if not good:
+        return {"wavs": None, "read_errors": errors}
+    # Fill each failed slot with a readable window of the same batch (same speaker under same_speaker).
+    items = [it if it["wav"] is not None else good[i % len(good)] for i, it in enumerate(items)]
     wavs = torch.stack([it["wav"] for it in items])  # (B, T)
     return {
         "wavs": wavs,
         "lengths": torch.full((len(items),), wavs.shape[1], dtype=torch.long),
         "speakers": torch.tensor([it["speaker"] for it in items], dtype=torch.long),
         "ids": [it["id"] for it in items],
+        "read_errors": errors,
     }
 
 
