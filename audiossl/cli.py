@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -12,9 +13,11 @@ from audiossl.audio import AudioError
 from audiossl.checkpoint import CheckpointError
 from audiossl.config import ConfigError, build_config, parse_overrides
 from audiossl.data.corpus import CorpusError
+from audiossl.extract import FeatureError
+from audiossl.probes import BASELINES, ProbeError
 
 # Errors that are the user's to fix: one line, no traceback.
-USER_ERRORS = (ConfigError, CorpusError, AudioError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, CorpusError, AudioError, CheckpointError, FeatureError, ProbeError, FileNotFoundError)
 
 
 def _config_from(args: argparse.Namespace):
@@ -27,15 +30,19 @@ def _print_config(cfg) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from audiossl.data.corpus import scan_corpus, write_manifest
+    from audiossl.data.corpus import CorpusError, problems_path, scan_corpus, write_manifest, write_problems
 
-    utterances, problems = scan_corpus(args.data, args.speaker_level)
+    utterances, problems = scan_corpus(args.data, args.speaker_level, decode=not args.header_only)
+    for p in problems:
+        print(f"skipped {p.path}: {p.reason}")
+    if args.strict and problems:
+        raise CorpusError(f"{args.data}: {len(problems)} unusable file(s) and --strict; no manifest written")
+    write_problems(problems, problems_path(args.out))
     write_manifest(utterances, args.out)
     hours = sum(u.num_samples / u.sample_rate for u in utterances) / 3600
     speakers = len({u.speaker for u in utterances})
-    print(f"{args.out}: {len(utterances)} utterances, {speakers} speakers, {hours:.2f} h")
-    for p in problems:
-        print(f"skipped {p.path}: {p.reason}")
+    print(f"{args.out}: {len(utterances)} utterances, {speakers} speakers, {hours:.2f} h"
+          + (f"; {len(problems)} file(s) skipped, listed in {problems_path(args.out)}" if problems else ""))
     return 0
 
 
@@ -48,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         _print_config(cfg)
     try:
-        summary = train(cfg, args.data, args.exp_dir, progress=not args.no_progress)
+        summary = train(cfg, args.data, args.exp_dir, progress=not args.no_progress, strict=args.strict)
     except TrainingError as e:
         print(f"audiossl train: error: {e}", file=sys.stderr)
         return 1
@@ -73,6 +80,175 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(spec: str):
+    from audiossl.train import TrainingError, choose_device
+
+    try:
+        return choose_device(spec)
+    except TrainingError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _names(text: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; ``"none"`` -> ``[]``."""
+    return [] if text == "none" else [name for name in text.split(",") if name]
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from audiossl.extract import extract, open_source, select_utterances
+
+    device = _device(args.device)
+    model, layers, source = open_source(args.ckpt, args.baseline, args.layers, device, args.sample_rate)
+    if args.ckpt:
+        _print_config(model.config)
+    else:
+        print(f"# hand-made features: {args.baseline}")
+    utterances, problems = select_utterances(args.data, args.ids or (), args.speaker_level,
+                                             progress=not args.no_progress)
+    for p in problems:
+        print(f"skipped {p.path}: {p.reason}")
+    print(f"# extracting {', '.join(layers)} of {len(utterances)} utterances at {model.frame_rate:g} frames/s "
+          f"on {device} into {args.out} ({args.format})")
+    sets = extract(model, utterances, args.out, layers, source, root=args.data if Path(args.data).is_dir() else None,
+                   file_format=args.format, batch_size=args.batch_size, chunk_seconds=args.chunk_seconds,
+                   dtype=args.dtype, device=device, num_workers=args.num_workers, progress=not args.no_progress)
+    for features in sets.values():
+        frames = sum(features.num_frames.values())
+        print(f"{features.folder}: {len(features.num_frames)} utterances, {frames:,} frames of dim {features.dim}")
+    done = min(len(features.num_frames) for features in sets.values())
+    failed = len(utterances) - done
+    print(f"extracted {done} of {len(utterances)} utterances"
+          + (f"; {failed} failed to decode (named above) and were skipped" if failed else ""))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from audiossl.probes.report import (DEFAULT_SETTINGS, format_report, phone_probe, probe_features, speaker_probe,
+                                        write_outputs)
+
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed")
+             if getattr(args, k) is not None}
+    try:
+        settings = dataclasses.replace(DEFAULT_SETTINGS[args.task], **given)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if (args.ckpt or args.baseline) and not args.data:
+        raise ConfigError("--data (a corpus folder or manifest) is required with --ckpt and --baseline")
+    # A hand-made feature probed as the main source is its own floor.
+    baselines = args.baselines if args.baselines is not None else [] if args.baseline else ["mfcc", "logmel"]
+    device = _device(args.device)
+    print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
+          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+    with probe_features(args.out, args.features, args.ckpt, args.baseline, args.layers, args.data,
+                        [s for s in (args.train_split, args.test_split) if s], device, args.num_workers,
+                        not args.no_progress) as (features_dir, layers):
+        common = {"layers": layers, "baselines": baselines, "data": args.data if args.features else None,
+                  "train_split": args.train_split, "test_split": args.test_split, "settings": settings,
+                  "device": device, "num_workers": args.num_workers, "progress": not args.no_progress}
+        if args.task == "phone":
+            report = phone_probe(features_dir, args.alignments, phones=args.phones, **common)
+        else:
+            report = speaker_probe(features_dir, window_frames=args.window_frames, pool=args.pool, **common)
+    table = format_report(report)
+    print(table)
+    if args.out:
+        write_outputs(report, table, args.out)
+        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt; curves: {args.out}/tb")
+    return 0
+
+
+def _floors(args: argparse.Namespace) -> list[str]:
+    """The floors probed beside the source: a hand-made feature probed as the source is its own floor."""
+    if (args.ckpt or args.baseline) and not args.data:
+        raise ConfigError("--data (a corpus folder or manifest) is required with --ckpt and --baseline")
+    return args.baselines if args.baselines is not None else [] if args.baseline else ["mfcc", "logmel"]
+
+
+def cmd_probe_abx(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from audiossl.probes.abx import ABXSettings, abx_probe, format_abx_report, write_abx_outputs
+    from audiossl.probes.report import probe_features
+
+    try:
+        settings = ABXSettings(args.context, args.distance, args.max_triples_per_item, args.context_frames, args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    baselines, device = _floors(args), _device(args.device)
+    print(f"# abx on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
+          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+    with probe_features(args.out, args.features, args.ckpt, args.baseline, args.layers, args.data,
+                        [args.split] if args.split else [], device, args.num_workers,
+                        not args.no_progress) as (features_dir, layers):
+        report = abx_probe(features_dir, args.alignments, layers, baselines,
+                           data=args.data if args.features else None, split=args.split, phones=args.phones,
+                           settings=settings, device=device, num_workers=args.num_workers,
+                           progress=not args.no_progress)
+    table = format_abx_report(report)
+    print(table)
+    if args.out:
+        write_abx_outputs(report, table, args.out)
+        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt")
+    return 0
+
+
+def cmd_probe_ctc(args: argparse.Namespace) -> int:
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from audiossl.probes.ctc import CTCSettings, ctc_phone_probe, ctc_subword_probe, format_ctc_report
+    from audiossl.probes.report import probe_features, write_outputs
+
+    try:
+        settings = CTCSettings(args.head, args.hidden, args.lstm_layers, args.epochs, args.batch_size, args.lr,
+                               args.weight_decay, args.patience, args.heldout_fraction, args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    baselines, device = _floors(args), _device(args.device)
+    print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
+          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+    with contextlib.ExitStack() as stack:
+        features_dir, layers = stack.enter_context(probe_features(
+            args.out, args.features, args.ckpt, args.baseline, args.layers, args.data,
+            [s for s in (args.train_split, args.test_split) if s], device, args.num_workers, not args.no_progress))
+        common = {"baselines": baselines, "data": args.data if args.features else None,
+                  "train_split": args.train_split, "test_split": args.test_split, "settings": settings,
+                  "device": device, "num_workers": args.num_workers, "progress": not args.no_progress}
+        if args.task == "ctc-phone":
+            report = ctc_phone_probe(features_dir, args.alignments, layers, phones=args.phones,
+                                     keep_silence=args.keep_silence, **common)
+        else:
+            # The units live beside the results and are reused by the next run; without --out, for this run only.
+            units = args.units or Path(args.out or stack.enter_context(tempfile.TemporaryDirectory())) / "units.model"
+            report = ctc_subword_probe(features_dir, units, layers, vocab_size=args.vocab_size,
+                                       sp_type=args.sp_type, transcripts=args.transcripts or (), **common)
+    table = format_ctc_report(report)
+    print(table)
+    if args.out:
+        write_outputs(report, table, args.out)
+        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt; curves: {args.out}/tb")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from audiossl.report import make_report
+
+    out = Path(args.out) if args.out else Path(args.exp_dir) / "report"
+    outcome = make_report(args.exp_dir, out, args.utterance, args.data, args.labels, args.layer,
+                          _device(args.device), args.max_utterances)
+    for name, status in outcome.items():
+        print(f"{out / name}" if status == "written" else f"{name}: not available ({status})")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="flat YAML config file (recipes/conf/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
@@ -86,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="corpus folder (LibriSpeech layout or any audio tree)")
     p.add_argument("--out", required=True, help="manifest TSV to write")
     p.add_argument("--speaker-level", type=int, default=-1, help="folder level naming the speaker (non-LibriSpeech)")
+    p.add_argument("--strict", action="store_true", help="fail if any file is unusable, instead of skipping it")
+    p.add_argument("--header-only", action="store_true",
+                   help="read headers only: faster, but truncated files and NaN samples go unnoticed")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="pretrain a model; re-running resumes from --exp-dir")
@@ -93,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="corpus folder or manifest TSV")
     p.add_argument("--exp-dir", required=True, help="experiment folder (checkpoint, logs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="fail before training if any file is unusable or shorter than the window")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="training-step throughput on random audio")
@@ -103,6 +284,130 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("extract", help="per-utterance features to numpy (OUT/<layer>/<relative path>.npy|.npz); "
+                       "re-running resumes")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", "--checkpoint", dest="ckpt", help="a trained model's checkpoint.pt")
+    source.add_argument("--baseline", choices=sorted(BASELINES), help="hand-made features instead of a model")
+    p.add_argument("--data", required=True, help="corpus folder or manifest TSV; the output tree mirrors its paths")
+    p.add_argument("--out", required=True, help="output folder, one sub-folder per layer")
+    p.add_argument("--layer", "--layers", dest="layers", type=_names, default=["context"],
+                   help="with --ckpt, comma-separated: encoder, context (the last layer), context_1, ... "
+                   "(default: context)")
+    p.add_argument("--format", choices=["npy", "npz"], default="npy",
+                   help="one .npy per utterance, or a compressed .npz holding the array as 'features'")
+    p.add_argument("--ids", action="append", metavar="FILE",
+                   help="only the utterances listed (one id per line; repeatable, e.g. train and test splits)")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass")
+    p.add_argument("--chunk-seconds", type=float, default=0.0,
+                   help="encode long files this many seconds at a time, same result (0: whole files)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="arrays on disk")
+    p.add_argument("--sample-rate", type=int, default=16000, help="audio rate for --baseline features")
+    p.add_argument("--speaker-level", type=int, default=-1, help="folder level naming the speaker (non-LibriSpeech)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--num-workers", type=int, default=2, help="audio decoding processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("probe", help="linear phone or speaker, ABX and CTC probes on frozen features, beside "
+                       "MFCC/log-mel")
+    tasks = p.add_subparsers(dest="task", required=True)
+    shared = argparse.ArgumentParser(add_help=False)
+    source = shared.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", help="an audiossl extract output folder")
+    source.add_argument("--ckpt", "--checkpoint", dest="ckpt",
+                        help="a checkpoint; its features are extracted from --data first (cached in OUT/features)")
+    source.add_argument("--baseline", choices=sorted(BASELINES),
+                        help="probe a hand-made feature of --data (cached in OUT/features)")
+    shared.add_argument("--data", help="corpus folder or manifest: required with --ckpt and --baseline; with "
+                        "--features, where the floors' audio is read (default: the audio the features came from)")
+    shared.add_argument("--layer", "--layers", dest="layers", type=_names, default=["context"],
+                        help="with --features or --ckpt, comma-separated layers to probe (default: context)")
+    shared.add_argument("--baselines", type=_names, default=None,
+                        help="hand-made floors probed beside the main source (default: mfcc,logmel; with "
+                        "--baseline: none; 'none' for none)")
+    shared.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    shared.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for extraction")
+    shared.add_argument("--out", help="output folder: metrics.json, report.txt, tb/ (TensorBoard curves) and, "
+                        "with --ckpt or --baseline, the extracted features")
+    shared.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # The linear probes' training; abx and the CTC probes have their own options.
+    fit = argparse.ArgumentParser(add_help=False)
+    fit.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
+    fit.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
+                     "every fifth utterance of each speaker is held out")
+    fit.add_argument("--epochs", type=int, help="most passes over the training examples (phone 40, speaker 100)")
+    fit.add_argument("--patience", type=int, help="stop after this many epochs without a better held-out "
+                     "accuracy (phone 10, speaker 20; 0: never)")
+    fit.add_argument("--batch-size", type=int, help="examples per step (phone 1024, speaker 64)")
+    fit.add_argument("--lr", type=float, help="AdamW peak learning rate (1e-2)")
+    fit.add_argument("--weight-decay", type=float, help="AdamW weight decay (0)")
+    fit.add_argument("--seed", type=int, help="held-out part and example order (1)")
+    t = tasks.add_parser("phone", parents=[shared, fit], help="phone class per 10 ms frame")
+    t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt")
+    t.add_argument("--phones", help="phone inventory (phones.txt); fixes the number of classes")
+    t = tasks.add_parser("speaker", parents=[shared, fit], help="speaker per utterance (mean-pooled) or per window")
+    t.add_argument("--window-frames", type=int, default=0,
+                   help="frames per example (default 0: whole utterances; CPC_audio uses 128)")
+    t.add_argument("--pool", choices=["mean", "last"], default="mean", help="pool a window by its mean or last frame")
+    p.set_defaults(func=cmd_probe)
+    t = tasks.add_parser("abx", parents=[shared], help="ABX phone discriminability within and across speakers")
+    t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt (items are cut from it)")
+    t.add_argument("--phones", help="phone inventory (phones.txt); names the silence class SIL (default: class 0)")
+    t.add_argument("--split", help="utterance ids to draw items from (CPC's test_split.txt; default: all)")
+    t.add_argument("--context", choices=["triphone", "none"], default="triphone",
+                   help="triphone: A, B, X share both neighbouring phones (ZeroSpeech); none: any context, "
+                   "for corpora too small for triphones")
+    t.add_argument("--distance", choices=["angular", "cosine"], default="angular",
+                   help="frame distance: arccos(cos)/pi (ZeroSpeech's and Libri-light's 'cosine') or 1 - cos")
+    t.add_argument("--max-triples-per-item", type=int, default=20,
+                   help="(A, B) pairs drawn per X item and condition (0: all)")
+    t.add_argument("--context-frames", type=int, default=0, help="neighbour frames added to each side of an item")
+    t.add_argument("--seed", type=int, default=1, help="triple sampling")
+    t.set_defaults(func=cmd_probe_abx)
+    ctc = argparse.ArgumentParser(add_help=False)
+    ctc.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
+    ctc.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
+                     "every fifth utterance of each speaker is held out")
+    ctc.add_argument("--head", choices=["linear", "bilstm"], default="linear", help="CTC head on the frozen features")
+    ctc.add_argument("--hidden", type=int, default=128, help="BiLSTM units per direction")
+    ctc.add_argument("--lstm-layers", type=int, default=1, help="BiLSTM layers")
+    ctc.add_argument("--epochs", type=int, default=60, help="most passes over the training utterances")
+    ctc.add_argument("--patience", type=int, default=10,
+                     help="stop after this many epochs without a better held-out error rate (0: never)")
+    ctc.add_argument("--heldout-fraction", type=float, default=0.1,
+                     help="of the training utterances, held out to choose the epoch")
+    ctc.add_argument("--batch-size", type=int, default=8, help="utterances per step")
+    ctc.add_argument("--lr", type=float, help="AdamW peak learning rate (linear 3e-2, bilstm 2e-3)")
+    ctc.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    ctc.add_argument("--seed", type=int, default=1, help="held-out part, initialization and utterance order")
+    t = tasks.add_parser("ctc-phone", parents=[shared, ctc], help="CTC phone recognition; phone error rate")
+    t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt (collapsed to phone sequences)")
+    t.add_argument("--phones", help="phone inventory (phones.txt); number of classes and the silence class SIL")
+    t.add_argument("--keep-silence", action="store_true", help="keep silence as a unit instead of dropping it")
+    t.set_defaults(func=cmd_probe_ctc)
+    t = tasks.add_parser("ctc-subword", parents=[shared, ctc],
+                         help="CTC recognition of sentencepiece pieces; character and word error rates")
+    t.add_argument("--transcripts", action="append", metavar="PATH",
+                   help="transcript file or folder of *.trans.txt (repeatable; default: those beside the audio)")
+    t.add_argument("--vocab-size", type=int, default=100, help="most sentencepiece pieces")
+    t.add_argument("--sp-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece model type")
+    t.add_argument("--units", help="sentencepiece model file, trained if absent (default: OUT/units.model)")
+    t.set_defaults(func=cmd_probe_ctc)
+
+    p = sub.add_parser("report", help="figures and a markdown page (report.md) for an experiment folder")
+    p.add_argument("exp_dir", metavar="EXP_DIR", help="a recipe run folder or an audiossl train --exp-dir")
+    p.add_argument("--out", help="output folder (default: EXP_DIR/report)")
+    p.add_argument("--utterance", help="utterance id to draw (default: the first of the test split, else the corpus)")
+    p.add_argument("--data", help="corpus folder or manifest TSV (default: the training manifest)")
+    p.add_argument("--labels", help="folder with converted_aligned_phones.txt, phones.txt and the split lists "
+                   "(default: looked for in the corpus folder and above it)")
+    p.add_argument("--layer", default="context", help="layer whose features are shown (default: context)")
+    p.add_argument("--max-utterances", type=int, default=300,
+                   help="utterances for the confusion classifier and the projection (default: 300)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N, where features are computed")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -38,7 +38,7 @@ __all__ = ["Labels", "LayerFeatures", "ProbeScore", "find_feature_folder", "find
 Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), both (points,)
 # metrics.json keys a probe may use, in order of preference: (key, metric, lower is better).
 # Flat metrics.json keys (one score per file), in order of preference: (key, metric, lower is better).
-METRIC_KEYS = (("test_accuracy", "accuracy", False), ("accuracy", "accuracy", False), ("per", "PER", True),
+METRIC_KEYS = (("accuracy", "accuracy", False), ("per", "PER", True),
                ("abx_error", "ABX error", True), ("error_rate", "error", True), ("error", "error", True))
 ABX_CONDITIONS = ("within", "across")  # audiossl.probes.abx rows: {condition: {"error": ...}}
 
@@ -98,7 +98,7 @@ def _number(value) -> bool:
 
 def _row_metrics(row: dict, error_rates: Sequence[str]) -> list[tuple[str, float, bool]]:
     """``(metric, value, lower is better)`` of one result row of an ``audiossl probe`` report."""
-    found = [("accuracy", float(row["test_accuracy"]), False)] if _number(row.get("test_accuracy")) else []
+    found = [("accuracy", float(row["accuracy"]), False)] if _number(row.get("accuracy")) else []
     found += [(name.upper(), float(row[name]), True) for name in error_rates if _number(row.get(name))]
     found += [(f"{c}-speaker error", float(row[c]["error"]), True) for c in ABX_CONDITIONS
               if isinstance(row.get(c), dict) and _number(row[c].get("error"))]
@@ -117,17 +117,17 @@ def _scores_in(kind: str, source: str, metrics: dict) -> list[ProbeScore]:
     if not isinstance(metrics.get("results"), list):
         for key, metric, lower in METRIC_KEYS:
             if _number(metrics.get(key)):
-                chance = metrics.get("chance", metrics.get("majority_accuracy"))
+                chance = metrics.get("chance")
                 return [ProbeScore(kind, metric, source, float(metrics[key]), lower, chance)]
         return []
     rows = [row for row in metrics["results"] if isinstance(row, dict)]
-    layers = [row for row in rows if row.get("kind") != "baseline"]
-    task, chance = metrics.get("task", kind), metrics.get("majority_accuracy")
+    layers = [row for row in rows if row.get("role") != "baseline"]
+    task = metrics.get("task", kind)
     scores = []
     for row in rows:
-        made_by = row.get("source") if isinstance(row.get("source"), dict) else {}
-        name = made_by.get("baseline") or (row.get("features") if row.get("kind") == "baseline" else None)
+        name = row.get("features") if row.get("role") == "baseline" else None
         name = name or ("model" if len(layers) == 1 else f"model:{row.get('features')}")
+        chance = row.get("chance", metrics.get("chance"))
         scores += [ProbeScore(task, metric, name, value, lower, None if lower else chance)
                    for metric, value, lower in _row_metrics(row, metrics.get("metrics", ("per", "cer", "wer")))]
     return scores

@@ -50,15 +50,15 @@ def write_labels(corpus: Path) -> list[str]:
 def write_probe_metrics(exp: Path) -> None:
     """Small metrics.json files as audiossl probe writes them, plus a flat and an unreadable one."""
     def rows(values, extra):
-        return [{"features": name, "kind": "baseline" if name in ("mfcc", "logmel") else "layer",
-                 "source": {"baseline": name} if name in ("mfcc", "logmel") else {"checkpoint": "x"}, **extra(v)}
+        return [{"features": name, "role": "baseline" if name in ("mfcc", "logmel") else "model",
+                 "chance": 0.2, **extra(v)}
                 for name, v in values.items()]
 
     files = {
-        "probe_phone_model": {"task": "phone", "majority_accuracy": 0.2, "results": rows(
-            {"context": 0.45, "mfcc": 0.38, "logmel": 0.33}, extra=lambda v: {"test_accuracy": v})},
-        "probe_speaker_model": {"task": "speaker", "majority_accuracy": 0.34, "results": rows(
-            {"context": 0.9, "mfcc": 0.6, "logmel": 0.7}, extra=lambda v: {"test_accuracy": v})},
+        "probe_phone_model": {"task": "phone", "results": rows(
+            {"context": 0.45, "mfcc": 0.38, "logmel": 0.33}, extra=lambda v: {"accuracy": v})},
+        "probe_speaker_model": {"task": "speaker", "results": rows(
+            {"context": 0.9, "mfcc": 0.6, "logmel": 0.7}, extra=lambda v: {"accuracy": v})},
         "probe_ctc-phone_model": {"task": "ctc-phone", "metrics": ["per"], "results": rows(
             {"context": 0.7, "mfcc": 0.8}, extra=lambda v: {"per": v})},
         "probe_abx_model": {"task": "abx", "results": rows(

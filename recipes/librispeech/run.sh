@@ -7,7 +7,7 @@
 #
 # Stages (each is safe to re-run; training and extraction resume):
 #   0 check inputs   1 manifest   2 pretrain   3 extract
-#   4 phone probe    5 speaker probe           6 report
+#   4 phone probe    5 speaker probe   6 report (figures and tables: $exp/$objective/report/report.md)
 set -euo pipefail
 
 # ---- defaults (every one is an option: --librispeech-root sets librispeech_root)
@@ -100,37 +100,32 @@ fi
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "stage 3: extract layer $layer"
   step extract audiossl extract --ckpt "$run/pretrain/checkpoint.pt" --data "$run/manifest.tsv" \
-    --out "$run/features_$layer" --layer "$layer"
+    --out "$run/features" --layer "$layer" --no-progress
 fi
 
-# probe KIND SOURCE: SOURCE is "model" (the extracted features), mfcc or logmel.
+# probe KIND [options]: the layer with the MFCC and log-mel floors beside it.
 probe() {
-  local kind="$1" source="$2" out="$run/probe_${1}_${2}"
-  if [ -f "$out/metrics.json" ]; then log "probe $kind $source: done before, kept"; return; fi
-  local features=(--features "$run/features_$layer")
-  [ "$source" = model ] || features=(--baseline "$source")
-  local labels=()
-  [ "$kind" = phone ] && labels=(--alignments "$alignments")
+  local kind="$1"; shift
+  local out="$run/probe_$kind"
+  if [ -f "$out/metrics.json" ]; then log "probe $kind: done before, kept ($out)"; return; fi
   # shellcheck disable=SC2086
-  step "probe_${kind}_${source}" audiossl probe "$kind" "${features[@]}" --data "$run/manifest.tsv" "${labels[@]}" \
-    --train-split "$train_split" --test-split "$test_split" --out "$out" $probe_overrides
+  step "probe_$kind" audiossl probe "$kind" --features "$run/features" --layer "$layer" \
+    --train-split "$train_split" --test-split "$test_split" --out "$out" --no-progress "$@" $probe_overrides
 }
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "stage 4: phone probe"
-  for source in model mfcc logmel; do probe phone "$source"; done
+  probe phone --alignments "$alignments"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "stage 5: speaker probe"
-  for source in model mfcc logmel; do probe speaker "$source"; done
+  probe speaker
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "stage 6: report"
-  python3 "$here/tools/report_table.py" "$run" --title "$objective on $(basename "$data")" > "$run/report.md.tmp"
-  mv "$run/report.md.tmp" "$run/report.md"
-  cat "$run/report.md"
+  step report audiossl report "$run" --data "$run/manifest.tsv" --labels "$cpc_labels"
 fi
 
 log "done in $(( $(date +%s) - start_time )) s; results in $run"

@@ -4,7 +4,7 @@
 #
 #   recipes/mini/run.sh [--objective cpc|apc|mpc|npc] [--stage N] [--stop-stage M] [any librispeech option]
 #
-# Results: exp/mini/<objective>/report.md
+# Results: exp/mini/<objective>/report/report.md (figures and tables)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 objective=cpc

@@ -1,0 +1,329 @@
+"""Feature extraction: a checkpoint (or a hand-made feature) -> per-utterance numpy arrays.
+
+Writes the folder layout of :mod:`audiossl.features`: ``OUT/<layer>/`` with
+one ``.npy`` (or compressed ``.npz``) array per utterance in a tree mirroring
+the audio's relative paths, ``meta.json``, ``utterances.tsv`` and
+``index.tsv`` (id, path, frames, dim, frame rate, layer, checkpoint). One
+sub-folder per layer (``encoder``, ``context``, ``context_1`` ...; the
+hand-made baselines are ``mfcc`` and ``logmel``), each a :class:`FeatureSet`
+the probes read. Every file is written atomically and ``index.tsv`` last, so
+an interrupted run leaves no half-written array and a second run skips what is
+already there (a folder made from another checkpoint or with other settings is
+refused, never mixed). A file that fails to decode (deleted or truncated since
+the scan) is named on stderr and left out of the index; the run goes on and a
+later run retries it.
+
+Utterances are batched by length; a padded batch gives the features of
+per-utterance runs. Long files can be cut into chunks of ``chunk_seconds``:
+each chunk is encoded with a margin of the receptive field on both sides and
+the recurrent state is carried from chunk to chunk, so the result equals one
+pass over the file while memory stays bounded. Transformer contexts and
+per-utterance CMVN need whole utterances and refuse chunking. The progress bar
+shows the real-time factor: seconds of audio processed per wall-clock second.
+
+Reference: CPC_audio's ``cpc/eval/build_zeroSpeech_features.py``; its
+``--get_encoded`` is ``layers=("encoder",)`` here, ``--max_size_seq`` is
+``chunk_seconds`` and ``--seq_norm`` (per-utterance normalization of the
+output) is left to the probes, which standardize with training-set statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from audiossl.audio import AudioError, read_audio
+from audiossl.data.alignments import load_split
+from audiossl.data.corpus import Utterance, load_corpus, write_manifest
+from audiossl.features import (FORMATS, INDEX, INDEX_COLUMNS, META, NPZ_KEY, UTTERANCES, VERSION, FeatureError,
+                               FeatureSet, atomic_write, feature_path, relative_paths, source_label, stored_frames)
+from audiossl.models.context import NoContext, RecurrentContext
+from audiossl.models.model import SSLModel
+
+# FeatureError and FeatureSet are re-exported: probes and reports import them from here.
+__all__ = ["FeatureError", "FeatureSet", "extract", "forward_chunked", "open_source", "select_utterances"]
+
+DTYPES = ("float32", "float16")
+
+
+def select_utterances(data: str | Path, id_files: Sequence[str | Path] = (), speaker_level: int = -1,
+                      progress: bool = True, missing_ok: bool = False) -> tuple[list[Utterance], list]:
+    """The utterances of a corpus folder or manifest, optionally only those listed.
+
+    Args:
+        data: a corpus folder or a manifest TSV.
+        id_files: split lists (one utterance id per line); when given, only
+            their utterances are kept, in corpus order.
+        missing_ok: keep going when a listed id is not in ``data`` (the
+            probes report such utterances); else raise a FeatureError.
+
+    Returns:
+        The utterances and the files skipped while scanning (see ``load_corpus``).
+    """
+    utterances, problems = load_corpus(data, speaker_level=speaker_level, progress=progress)
+    if not id_files:
+        return utterances, problems
+    wanted: set[str] = set()
+    for path in id_files:
+        try:
+            wanted.update(load_split(path))
+        except ValueError as e:
+            raise FeatureError(str(e)) from None
+    known = {u.id for u in utterances}
+    missing = sorted(wanted - known)
+    if missing and not missing_ok:
+        raise FeatureError(f"{len(missing)} listed utterance(s) are not in {data}, e.g. {', '.join(missing[:3])}")
+    return [u for u in utterances if u.id in wanted], problems
+
+
+def open_source(checkpoint: str | Path | None = None, baseline: str | None = None,
+                layers: Sequence[str] = ("context",), device: str | torch.device = "cpu",
+                sample_rate: int = 16000) -> tuple[SSLModel, dict[str, str], dict]:
+    """The model to extract from, its ``{folder name: model layer}`` and the source recorded in ``meta.json``.
+
+    Args:
+        checkpoint: a trained model's ``checkpoint.pt`` (exactly one of
+            ``checkpoint`` and ``baseline``).
+        baseline: ``mfcc`` or ``logmel``: its one layer goes to a folder of that name.
+        layers: the checkpoint model's layers to extract.
+        device: where a checkpoint is loaded.
+        sample_rate: of a baseline's input audio.
+    """
+    if (checkpoint is None) == (baseline is None):
+        raise FeatureError("extract from a checkpoint or from a baseline: give exactly one")
+    if baseline is not None:
+        from audiossl.probes.baselines import build_baseline  # the probes package imports this module
+
+        try:
+            return build_baseline(baseline, sample_rate), {baseline: "encoder"}, {"baseline": baseline}
+        except ValueError as e:
+            raise FeatureError(str(e)) from None
+    from audiossl.checkpoint import load_model
+
+    model = load_model(checkpoint, device)
+    # The checkpoint's digest: re-running into the folder with a retrained model is refused, not mixed.
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
+    return model, {name: name for name in layers}, {"checkpoint": str(Path(checkpoint).resolve()), "sha256": digest}
+
+
+class _AudioFiles(Dataset):
+    """Decoded audio by index; a file that cannot be decoded gives its error message instead."""
+
+    def __init__(self, utterances: list[Utterance], sample_rate: int):
+        self.utterances, self.sample_rate = utterances, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return index, read_audio(self.utterances[index].path, self.sample_rate)
+        except AudioError as e:  # deleted or truncated since the scan: skipped, not fatal
+            return index, str(e)
+
+
+def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], torch.Tensor, torch.Tensor,
+                                                                  list[tuple[int, str]]]:
+    """Pad the decoded items into a batch; the failed ones are returned apart."""
+    failed = [(index, item) for index, item in items if isinstance(item, str)]
+    items = [(index, item) for index, item in items if not isinstance(item, str)]
+    lengths = torch.tensor([wav.numel() for _, wav in items], dtype=torch.long)
+    wavs = torch.zeros(len(items), int(lengths.max()) if items else 0)  # (B, T)
+    for row, (_, wav) in enumerate(items):
+        wavs[row, : wav.numel()] = wav
+    return [index for index, _ in items], wavs, lengths, failed
+
+
+def _check_chunkable(model: SSLModel, layers: Sequence[str]) -> None:
+    if getattr(model.frontend, "cmvn", False):
+        raise FeatureError("per-utterance CMVN needs whole utterances: extract with chunk_seconds=0")
+    if any(name != "encoder" for name in layers) and not isinstance(model.context, (RecurrentContext, NoContext)):
+        raise FeatureError(f"a {type(model.context).__name__} context carries no state across chunks: "
+                           "extract with chunk_seconds=0, or only the encoder layer")
+
+
+@torch.inference_mode()
+def forward_chunked(model: SSLModel, wavs: torch.Tensor, lengths: torch.Tensor, layers: Sequence[str],
+                    chunk_frames: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Named layer outputs of a batch, optionally ``chunk_frames`` frames at a time.
+
+    Each chunk of output frames ``[f0, f1)`` is encoded from the samples
+    ``[f0 hop - margin, f1 hop + margin)`` (clipped to the batch), where the
+    margin, a multiple of the hop, covers the receptive field; the encoder's
+    frames outside ``[f0, f1)`` are dropped and the context network continues
+    from the previous chunk's state. The result equals one pass.
+
+    Args:
+        model: in eval mode.
+        wavs: (batch, samples).
+        lengths: (batch,) valid samples per row.
+        layers: names from ``model.layer_names``.
+        chunk_frames: output frames per chunk; 0 processes the batch at once.
+
+    Returns:
+        ``{layer: (batch, frames, dim)}`` and the (batch,) frame lengths.
+    """
+    hop = model.hop
+    frame_lengths = model.output_lengths(lengths)
+    total = int(frame_lengths.max())
+    if total == 0:  # every file is shorter than the receptive field
+        dims = {name: model.encoder_dim if name == "encoder" else model.context_dim for name in layers}
+        return {name: wavs.new_zeros(len(wavs), 0, dim) for name, dim in dims.items()}, frame_lengths
+    if chunk_frames <= 0 or chunk_frames >= total:
+        chunk_frames, margin = total, 0
+    else:
+        _check_chunkable(model, layers)
+        margin = (math.ceil(model.receptive_field / hop) + 1) * hop
+    pieces: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    state = None
+    for f0 in range(0, total, chunk_frames):
+        f1 = min(f0 + chunk_frames, total)
+        s0 = max(0, f0 * hop - margin)
+        s1 = wavs.shape[1] if f1 == total else min(wavs.shape[1], f1 * hop + margin)
+        z, _ = model.encode(wavs[:, s0:s1], (lengths - s0).clamp(0, s1 - s0))
+        first = f0 - s0 // hop  # s0 is a multiple of the hop: frames stay on the one-pass grid
+        z = z[:, first: first + f1 - f0]  # (B, f1 - f0, D)
+        named = {"encoder": z}
+        if any(name != "encoder" for name in layers):
+            outputs, state = model.contextualize(z, (frame_lengths - f0).clamp(0, f1 - f0), state)
+            named.update(context=outputs[-1], **{f"context_{i + 1}": y for i, y in enumerate(outputs)})
+        for name in layers:
+            pieces[name].append(named[name])
+    return {name: torch.cat(chunks, dim=1) for name, chunks in pieces.items()}, frame_lengths
+
+
+def _prepare_folder(folder: Path, meta: dict) -> None:
+    """Refuse a folder made by something else; start this run's bookkeeping."""
+    meta_path = folder / META
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        differ = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        if differ:
+            raise FeatureError(f"{folder} holds features made with other settings ({', '.join(differ)}); "
+                               "use another output folder or delete this one")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INDEX).unlink(missing_ok=True)  # written again once every array is there
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode() + b"\n"))
+
+
+def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
+            layers: Mapping[str, str] | Sequence[str] = ("context",), source: dict | None = None, *,
+            root: str | Path | None = None, file_format: str = "npy", batch_size: int = 8,
+            chunk_seconds: float = 0.0, dtype: str = "float32", device: str | torch.device = "cpu",
+            num_workers: int = 0, progress: bool = True) -> dict[str, FeatureSet]:
+    """Write the features of ``utterances`` to ``out_dir``, one folder per layer.
+
+    Args:
+        model: an :class:`SSLModel` (``audiossl.load_model`` or
+            ``probes.baselines.build_baseline``); it is put in eval mode.
+        utterances: what to extract; audio is resampled to the model's rate.
+        out_dir: the extraction folder (see the module docstring).
+        layers: model layer names, or ``{folder name: model layer}``.
+        source: what made the model (``{"checkpoint": path, "sha256": ...}``
+            or ``{"baseline": name}``, see :func:`open_source`); stored in
+            ``meta.json`` and compared on re-runs.
+        root: the corpus folder the output tree mirrors; None: the common
+            parent folder of the audio files.
+        file_format: ``npy`` or ``npz`` (compressed).
+        batch_size: utterances per forward pass (sorted by length).
+        chunk_seconds: longest stretch of audio encoded at once; 0: whole files.
+        dtype: ``float32`` or ``float16`` arrays on disk.
+        device: where the model runs.
+        num_workers: DataLoader processes decoding audio.
+
+    Returns:
+        ``{folder name: FeatureSet}``; files that failed to decode are named
+        on stderr and absent from every set.
+    """
+    if dtype not in DTYPES or file_format not in FORMATS:
+        raise FeatureError(f"dtype {dtype!r} and format {file_format!r} must be one of {', '.join(DTYPES)} "
+                           f"and one of {', '.join(FORMATS)}")
+    if batch_size <= 0 or chunk_seconds < 0:
+        raise FeatureError(f"batch_size must be positive and chunk_seconds non-negative, "
+                           f"got {batch_size} and {chunk_seconds}")
+    if not utterances:
+        raise FeatureError("no utterances to extract")
+    layers = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
+    if not layers:
+        raise FeatureError("no layers to extract")
+    unknown = sorted(set(layers.values()) - set(model.layer_names))
+    if unknown:
+        raise FeatureError(f"unknown layer(s) {unknown}; this model has {', '.join(model.layer_names)}")
+    relative = relative_paths(utterances, root, file_format)  # refuses escapes before anything is written
+    # Absolute paths: the folder's manifest must stay valid wherever it is read from.
+    utterances = [dataclasses.replace(u, path=str(Path(u.path).resolve())) for u in utterances]
+    device = torch.device(device)
+    model = model.to(device).eval()
+    chunk_frames = round(chunk_seconds * model.frame_rate)
+    if chunk_frames:
+        _check_chunkable(model, list(layers.values()))
+
+    out_dir, source = Path(out_dir), source or {}
+    folders = {name: out_dir / name for name in layers}
+    dims = {name: model.encoder_dim if layer == "encoder" else model.context_dim for name, layer in layers.items()}
+    for name, layer in layers.items():
+        _prepare_folder(folders[name], {
+            "version": VERSION, "layer": layer, "source": source, "dim": dims[name], "frame_rate": model.frame_rate,
+            "hop": model.hop, "sample_rate": model.sample_rate, "dtype": dtype, "format": file_format,
+        })
+
+    # Resume: an utterance is done when every layer's array is readable.
+    num_frames: dict[str, int] = {}
+    for u in utterances:
+        stored = {stored_frames(folder / relative[u.id]) for folder in folders.values()}
+        if len(stored) == 1 and None not in stored:
+            num_frames[u.id] = stored.pop()
+    pending = sorted((u for u in utterances if u.id not in num_frames), key=lambda u: -u.num_samples / u.sample_rate)
+    batches = [list(range(i, min(i + batch_size, len(pending)))) for i in range(0, len(pending), batch_size)]
+    loader = DataLoader(_AudioFiles(pending, model.sample_rate), batch_sampler=batches, collate_fn=_collate,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    bar = tqdm(total=len(utterances), initial=len(num_frames), desc=f"extract {out_dir.name}", unit="utt",
+               disable=not progress, dynamic_ncols=True)
+    failed, audio_seconds, began = [], 0.0, time.perf_counter()
+    for indices, wavs, lengths, failures in loader:
+        for index, message in failures:
+            failed.append(pending[index].id)
+            tqdm.write(f"skipped {pending[index].id}: {message}", file=sys.stderr)
+        if indices:
+            feats, frame_lengths = forward_chunked(model, wavs.to(device), lengths.to(device),
+                                                   list(layers.values()), chunk_frames)
+            arrays = {name: feats[layer].float().cpu().numpy() for name, layer in layers.items()}
+            for row, index in enumerate(indices):
+                utt, frames = pending[index], int(frame_lengths[row])
+                for name, folder in folders.items():
+                    array = np.ascontiguousarray(arrays[name][row, :frames], dtype=dtype)
+                    save = ((lambda f: np.savez_compressed(f, **{NPZ_KEY: array})) if file_format == "npz"
+                            else (lambda f: np.save(f, array)))
+                    atomic_write(feature_path(folder, relative[utt.id], utt.id), save)
+                num_frames[utt.id] = frames
+            audio_seconds += float(lengths.sum()) / model.sample_rate
+        bar.update(len(indices) + len(failures))
+        # Real-time factor: seconds of audio per wall-clock second.
+        bar.set_postfix_str(f"{audio_seconds / max(time.perf_counter() - began, 1e-9):.1f}x real time")
+    bar.close()
+
+    done = [u for u in utterances if u.id in num_frames]
+    if not done:
+        raise FeatureError(f"none of the {len(utterances)} files could be decoded (named above); no features "
+                           f"in {out_dir}")
+    if failed:
+        tqdm.write(f"{len(failed)} of {len(utterances)} file(s) failed to decode and were skipped "
+                   f"(e.g. {', '.join(failed[:3])}); running again retries them", file=sys.stderr)
+    for name, folder in folders.items():
+        rows = [INDEX_COLUMNS, *((u.id, relative[u.id].as_posix(), num_frames[u.id], dims[name],
+                                  f"{model.frame_rate:g}", layers[name], source_label(source)) for u in done)]
+        index = "".join("\t".join(map(str, row)) + "\n" for row in rows).encode()
+        write_manifest(done, folder / UTTERANCES)
+        atomic_write(folder / INDEX, lambda f: f.write(index))
+    return {name: FeatureSet(folder) for name, folder in folders.items()}
