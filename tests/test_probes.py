@@ -25,12 +25,7 @@ FAST = ProbeSettings(epochs=3, batch_size=256)
 RESULT_KEYS = {"features", "role", "accuracy", "chance", "train_examples", "test_examples", "epochs", "missing"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the machine is shared
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from audiossl.cli import main
 from audiossl.experiment import read_probe_scores
@@ -19,12 +18,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PHONES = ["SIL", "AA", "B", "K"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the machine is shared
 
 
 def write_labels(corpus: Path) -> list[str]:

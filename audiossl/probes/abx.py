@@ -1,0 +1,524 @@
+"""ABX phone discriminability on frozen features (ZeroSpeech 2017, Libri-light).
+
+The ABX test (Schatz et al. 2013) asks, for items A and B of two different
+phones and an item X of A's phone, whether X lies closer to A than to B. The
+error rate over many such triples measures how well the features separate
+phones without training anything. ZeroSpeech 2017 (Dunbar et al. 2017) and
+Libri-light (Kahn et al. 2020; CPC_audio's ``cpc/eval/eval_ABX.py``) report it
+within speakers and across speakers; this module follows them.
+
+- Items: every run of identical frame labels (one phone occurrence) that is
+  not silence and has a neighbouring run on each side; its left and right
+  phones (silence included) are its context. Its features are the frames of
+  the run, widened by ``context_frames`` frames of the neighbours on each
+  side (0 by default, as the Libri-light item files, which cut at the phone's
+  own boundaries).
+- Triples: A and X share the centre phone, B has another one, and, with
+  ``context="triphone"``, A, B and X share the left and right phones
+  (ZeroSpeech's "on phone, by context"). ``within``: A, B and X come from one
+  speaker; ``across``: A and B from one speaker, X from another. Triphone
+  contexts need a large corpus (the test split of the 6-minute demo corpus
+  yields 14 within-speaker triples); ``context="none"`` drops the context
+  condition and keeps only
+  "same centre phone vs different centre phone", which suits small corpora
+  but also credits features that encode the neighbours.
+- Sampling: for each item as X and each condition, at most
+  ``max_triples_per_item`` (A, B) pairs are drawn without replacement from all
+  admissible ones, with a seeded generator (0: all of them). Libri-light caps
+  instead the group sizes (``--max_size_group``, ``--max_x_across``).
+- Distance: frame distances, ``angular`` = arccos(cos)/pi (ABXpy's and
+  Libri-light's ``cosine``, the default) or ``cosine`` = 1 - cos; aligned by
+  DTW (steps right, down, diagonal) and averaged along the best path (the
+  accumulated cost divided by the path's length, as ABXpy's normalized DTW).
+  The DTW runs batched over many pairs at once, one anti-diagonal at a time.
+- Score: a triple errs when d(A, X) > d(B, X) and counts half when they are
+  equal. Errors are averaged within each cell (A's phone, B's phone, context,
+  speaker(s): X's speaker within, (A/B speaker, X speaker) across), then over
+  contexts, then over speakers, then over phone pairs, as ZeroSpeech 2017's
+  ``eval_abx`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
+from audiossl.features import atomic_write
+from audiossl.probes.baselines import BASELINES
+from audiossl.probes.report import _audio, _listing, _open_layers, _read, _with_baselines
+from audiossl.probes.tasks import LABEL_RATE, ProbeError
+from audiossl.probes.units import silence_class
+
+__all__ = [
+    "ABXSettings",
+    "Items",
+    "abx_error",
+    "abx_probe",
+    "abx_score",
+    "dtw_mean_cost",
+    "find_items",
+    "format_abx_report",
+    "pair_distances",
+    "sample_triples",
+    "write_abx_outputs",
+]
+
+CONDITIONS = ("within", "across")
+CONTEXTS = ("triphone", "none")
+DISTANCES = ("angular", "cosine")
+BATCH_ELEMENTS = 1 << 24  # floats per DTW batch, summed over its tensors
+
+
+@dataclass
+class ABXSettings:
+    context: str = "triphone"  # triphone: A, B, X share both neighbours; none: no context condition
+    distance: str = "angular"  # frame distance: angular = arccos(cos)/pi, or cosine = 1 - cos
+    max_triples_per_item: int = 20  # (A, B) pairs drawn per X item and condition; 0: all
+    context_frames: int = 0  # neighbour frames added to each side of an item
+    seed: int = 1  # triple sampling
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXTS or self.distance not in DISTANCES:
+            raise ValueError(f"ABX settings: context must be one of {', '.join(CONTEXTS)} and distance one of "
+                             f"{', '.join(DISTANCES)}, got {self.context!r}, {self.distance!r}")
+        if self.max_triples_per_item < 0 or self.context_frames < 0:
+            raise ValueError(f"ABX settings: max_triples_per_item and context_frames must not be negative, "
+                             f"got {self.max_triples_per_item}, {self.context_frames}")
+
+
+@dataclass
+class Items:
+    """Phone occurrences with their neighbours, one entry per item (all (items,) int64)."""
+
+    utterance: np.ndarray  # index into ``ids``
+    start: np.ndarray  # first frame of the phone
+    end: np.ndarray  # one past its last frame
+    centre: np.ndarray  # phone class
+    left: np.ndarray  # the preceding run's class
+    right: np.ndarray  # the following run's class
+    speaker: np.ndarray  # index into ``speakers``
+    ids: list[str]  # utterance ids
+    speakers: list[str]  # speaker names
+
+    def __len__(self) -> int:
+        return len(self.centre)
+
+
+def find_items(labels: Mapping[str, np.ndarray], speakers: Mapping[str, str], silence: int | None = 0) -> Items:
+    """Every non-silence phone run that has a neighbouring run on both sides.
+
+    Args:
+        labels: utterance id -> (frames,) phone classes.
+        speakers: utterance id -> speaker.
+        silence: the class never used as a centre phone (None: none).
+
+    Returns:
+        The items, utterance by utterance in ``labels`` order.
+    """
+    ids = list(labels)
+    names = sorted({speakers[u] for u in ids})
+    speaker_index = {name: i for i, name in enumerate(names)}
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("utterance", "start", "end", "centre", "left", "right",
+                                                             "speaker")}
+    for position, utt_id in enumerate(ids):
+        utt_labels = np.asarray(labels[utt_id], dtype=np.int64)
+        if len(utt_labels) == 0:
+            continue
+        starts = np.flatnonzero(np.r_[True, utt_labels[1:] != utt_labels[:-1]])
+        ends = np.r_[starts[1:], len(utt_labels)]
+        runs = utt_labels[starts]
+        inner = np.arange(1, len(runs) - 1)
+        if silence is not None:
+            inner = inner[runs[inner] != silence]
+        columns["utterance"].append(np.full(len(inner), position))
+        columns["start"].append(starts[inner])
+        columns["end"].append(ends[inner])
+        columns["centre"].append(runs[inner])
+        columns["left"].append(runs[inner - 1])
+        columns["right"].append(runs[inner + 1])
+        columns["speaker"].append(np.full(len(inner), speaker_index[speakers[utt_id]]))
+    arrays = {k: np.concatenate(v).astype(np.int64) if v else np.zeros(0, dtype=np.int64) for k, v in columns.items()}
+    return Items(**arrays, ids=ids, speakers=names)
+
+
+def _context_key(items: Items, context: str) -> np.ndarray:
+    if context == "none":
+        return np.zeros(len(items), dtype=np.int64)
+    width = int(max(items.left.max(initial=0), items.right.max(initial=0))) + 1
+    return items.left * width + items.right
+
+
+def sample_triples(items: Items, condition: str, context: str = "triphone", max_per_item: int = 20,
+                   seed: int = 1, chunk: int = 4096) -> np.ndarray:
+    """(A, B, X) item triples of one condition, at most ``max_per_item`` per X.
+
+    Args:
+        items: from :func:`find_items`.
+        condition: ``within`` (A, B, X of one speaker) or ``across`` (A, B of
+            one speaker, X of another).
+        context: ``triphone`` (A, B, X share both neighbours) or ``none``.
+        max_per_item: most (A, B) pairs per X, drawn without replacement; 0: all.
+        seed: the draw; the same seed gives the same triples.
+        chunk: X items handled at once (bounds memory, not the result).
+
+    Returns:
+        (triples, 3) int64 item indices, columns A, B, X.
+    """
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition {condition!r} is not one of {', '.join(CONDITIONS)}")
+    if context not in CONTEXTS:
+        raise ValueError(f"context {context!r} is not one of {', '.join(CONTEXTS)}")
+    count = len(items)
+    if count == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    rng = np.random.default_rng([seed, CONDITIONS.index(condition)])
+    key, centre = _context_key(items, context), items.centre
+    # Items sorted by (context, speaker, centre): each (context, speaker) group is a
+    # contiguous block, each centre phone a contiguous slice of it, each context a
+    # contiguous run of groups.
+    order = np.lexsort((np.arange(count), centre, items.speaker, key))
+    starts_group = np.r_[True, (np.diff(key[order]) != 0) | (np.diff(items.speaker[order]) != 0)]
+    group_sorted = np.cumsum(starts_group) - 1
+    group_start = np.flatnonzero(starts_group)
+    group_size = np.diff(np.r_[group_start, count])
+    group = np.empty(count, dtype=np.int64)
+    group[order] = group_sorted
+    position = np.empty(count, dtype=np.int64)
+    position[order] = np.arange(count) - group_start[group_sorted]
+    starts_context = np.r_[True, np.diff(key[order][group_start]) != 0]
+    context_first = np.flatnonzero(starts_context)  # first group of each context
+    context_size = np.diff(np.r_[context_first, len(group_start)])
+    context_of_group = np.cumsum(starts_context) - 1
+    width = int(centre.max()) + 1
+    slice_key = group_sorted * width + centre[order]
+    slice_start = np.flatnonzero(np.r_[True, np.diff(slice_key) != 0])
+    slice_keys, slice_size = slice_key[slice_start], np.diff(np.r_[slice_start, count])
+    slice_lo = slice_start - group_start[group_sorted[slice_start]]  # offset within the group
+
+    triples = []
+    for first in range(0, count, chunk):
+        x_ids = np.arange(first, min(first + chunk, count))
+        # One entry per (X, group the A and B come from).
+        if condition == "within":
+            entry_x, entry_group = x_ids, group[x_ids]
+        else:
+            contexts = context_of_group[group[x_ids]]
+            sizes = context_size[contexts]
+            entry_x = np.repeat(x_ids, sizes)
+            offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            entry_group = np.repeat(context_first[contexts], sizes) + offsets
+            keep = entry_group != group[entry_x]
+            entry_x, entry_group = entry_x[keep], entry_group[keep]
+        wanted = entry_group * width + centre[entry_x]
+        found = np.minimum(np.searchsorted(slice_keys, wanted), len(slice_keys) - 1)
+        present = slice_keys[found] == wanted
+        lo = np.where(present, slice_lo[found], 0)
+        same = np.where(present, slice_size[found], 0)  # items of X's phone in the group
+        num_a = same - (condition == "within")  # within: X is not its own A
+        num_b = group_size[entry_group] - same
+        pairs = num_a * num_b
+        totals = np.bincount(entry_x - first, weights=pairs, minlength=len(x_ids)).astype(np.int64)
+        # Draw each X's pairs as flat indices into the concatenation of its entries' A x B grids.
+        draws, owners = [], []
+        for x, total in zip(x_ids, totals):
+            if total == 0:
+                continue
+            flat = (np.sort(rng.choice(total, size=max_per_item, replace=False))
+                    if max_per_item and total > max_per_item else np.arange(total))
+            draws.append(flat)
+            owners.append(np.full(len(flat), x))
+        if not draws:
+            continue
+        flat, owner = np.concatenate(draws), np.concatenate(owners)
+        ends = np.cumsum(pairs)
+        base = np.r_[0, np.cumsum(totals)][owner - first]  # X's first flat index in ``ends``
+        entry = np.searchsorted(ends, base + flat, side="right")
+        rest = base + flat - (ends[entry] - pairs[entry])
+        a, b = rest // num_b[entry], rest % num_b[entry]
+        a = lo[entry] + a
+        if condition == "within":
+            a = a + (a >= position[owner])  # skip X itself
+        b = np.where(b < lo[entry], b, b + same[entry])
+        block_start = group_start[entry_group[entry]]
+        triples.append(np.stack([order[block_start + a], order[block_start + b], owner], axis=1))
+    return np.concatenate(triples).astype(np.int64) if triples else np.zeros((0, 3), dtype=np.int64)
+
+
+def dtw_mean_cost(cost: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """DTW of a batch of padded cost matrices: the mean cost along each best path.
+
+    Steps go right, down or diagonally; the best path minimizes the summed
+    cost, and its mean is that sum over the number of cells on the path (on a
+    tie between predecessors the diagonal wins, then the one above). Cells
+    past a matrix's own ``rows x cols`` never influence it.
+
+    Args:
+        cost: (batch, max rows, max cols) frame distances.
+        rows: (batch,) valid rows of each matrix (at least 1).
+        cols: (batch,) valid columns (at least 1).
+
+    Returns:
+        (batch,) mean path costs.
+    """
+    batch, num_rows, num_cols = cost.shape
+    width = num_cols + 1
+    # Accumulated cost and path length on a grid with a border row and column:
+    # acc[0, 0] = 0, the rest of the border is unreachable.
+    acc = cost.new_full((batch, (num_rows + 1) * width), float("inf"))
+    acc[:, 0] = 0.0
+    steps = torch.zeros_like(acc)
+    flat_cost = cost.reshape(batch, -1)
+    for diagonal in range(2, num_rows + num_cols + 1):  # i + j on the 1-based grid
+        i = torch.arange(max(1, diagonal - num_cols), min(num_rows, diagonal - 1) + 1, device=cost.device)
+        j = diagonal - i
+        here = i * width + j
+        before = torch.stack([here - width - 1, here - width, here - 1])  # diagonal, above, left
+        best, which = acc[:, before].min(dim=1)  # (B, cells)
+        acc[:, here] = flat_cost[:, (i - 1) * num_cols + j - 1] + best
+        previous = steps[:, before].gather(1, which.unsqueeze(1)).squeeze(1)
+        steps[:, here] = previous + 1
+    end = rows * width + cols
+    index = torch.arange(batch, device=cost.device)
+    return acc[index, end] / steps[index, end]
+
+
+def pair_distances(frames: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, pairs: torch.Tensor,
+                   distance: str = "angular") -> torch.Tensor:
+    """DTW distances between pairs of items, batched by length.
+
+    Args:
+        frames: (total frames, dim) every item's frames, one after another,
+            each frame of unit norm.
+        offsets: (items,) first frame of each item in ``frames``.
+        lengths: (items,) frames of each item (at least 1).
+        pairs: (pairs, 2) item indices.
+        distance: ``angular`` or ``cosine``.
+
+    Returns:
+        (pairs,) distances.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance {distance!r} is not one of {', '.join(DISTANCES)}")
+    device = frames.device
+    pairs, offsets, lengths = pairs.to(device), offsets.to(device), lengths.to(device)
+    out = torch.empty(len(pairs), device=device)
+    size = lengths[pairs].amax(dim=1)  # (P,) padded side of each pair's matrix
+    order = torch.argsort(size)
+    sizes = size[order].cpu().numpy()
+    start = 0
+    while start < len(order):
+        side = int(sizes[start])
+        # Pairs of one padded side: as many as the budget allows.
+        stop = int(np.searchsorted(sizes, side, side="right"))
+        stop = min(stop, start + max(1, BATCH_ELEMENTS // (side * side * 3 + 2 * side * frames.shape[1])))
+        index = order[start:stop]
+        first, second = pairs[index, 0], pairs[index, 1]
+        rows, cols = lengths[first], lengths[second]
+        # Frame indices of each item, padded by repeating its last frame.
+        steps = torch.arange(side, device=device)
+        pick_a = offsets[first, None] + torch.minimum(steps, rows[:, None] - 1)  # (B, side)
+        pick_b = offsets[second, None] + torch.minimum(steps, cols[:, None] - 1)
+        similarity = torch.bmm(frames[pick_a], frames[pick_b].transpose(1, 2)).clamp(-1.0, 1.0)  # (B, side, side)
+        cost = torch.acos(similarity) / np.pi if distance == "angular" else 1.0 - similarity
+        out[index] = dtw_mean_cost(cost, rows, cols)
+        start = stop
+    return out
+
+
+def _group_means(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` per distinct row of ``keys`` (rows, k)."""
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return unique, np.bincount(inverse, weights=values) / np.bincount(inverse)
+
+
+def abx_error(items: Items, triples: np.ndarray, d_ax: np.ndarray, d_bx: np.ndarray, condition: str,
+               context: str = "triphone") -> dict:
+    """ZeroSpeech's ABX error: per cell, then over contexts, speakers and phone pairs.
+
+    Args:
+        items: the items the triples index.
+        triples: (triples, 3) A, B, X.
+        d_ax, d_bx: (triples,) distances of A and of B to X.
+        condition: ``within`` or ``across`` (which speakers define a cell).
+        context: ``triphone`` or ``none`` (whether contexts define a cell).
+
+    Returns:
+        ``error`` (None without triples), ``num_triples``, ``num_cells`` and
+        ``num_phone_pairs``.
+    """
+    if len(triples) == 0:
+        return {"error": None, "num_triples": 0, "num_cells": 0, "num_phone_pairs": 0}
+    a, b, x = triples.T
+    errors = (d_ax > d_bx) + 0.5 * (d_ax == d_bx)
+    key = _context_key(items, context)
+    speaker = items.speaker[x] if condition == "within" else items.speaker[a] * len(items.speakers) + items.speaker[x]
+    cells, means = _group_means(np.stack([items.centre[a], items.centre[b], speaker, key[x]], axis=1), errors)
+    num_cells = len(cells)
+    for _ in range(2):  # over contexts, then over speakers
+        cells, means = _group_means(cells[:, :-1], means)
+    return {"error": float(means.mean()), "num_triples": len(triples), "num_cells": num_cells,
+            "num_phone_pairs": len(cells)}
+
+
+def abx_score(feats: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], speakers: Mapping[str, str],
+              settings: ABXSettings | None = None, silence: int | None = 0,
+              device: str | torch.device = "cpu") -> dict:
+    """Within- and across-speaker ABX error of one feature set.
+
+    Args:
+        feats: utterance id -> (frames, dim) features.
+        labels: utterance id -> (frames,) phone classes, no longer than the
+            utterance's features (frame ``t`` of both is the same 10 ms).
+        speakers: utterance id -> speaker.
+        settings: contexts, distance, sampling.
+        silence: the class never used as a centre phone.
+        device: where distances are computed.
+
+    Returns:
+        ``{"num_items": n, "within": {...}, "across": {...}}`` with the
+        entries of :func:`abx_error`.
+    """
+    settings = settings or ABXSettings()
+    device = torch.device(device)
+    items = find_items(labels, speakers, silence)
+    margin = settings.context_frames
+    pieces, lengths = [], []
+    for utt, start, end in zip(items.utterance, items.start, items.end):
+        utt_id = items.ids[utt]
+        if len(feats[utt_id]) < len(labels[utt_id]):
+            raise ValueError(f"utterance {utt_id!r}: {len(feats[utt_id])} feature frames, "
+                             f"{len(labels[utt_id])} labels")
+        piece = feats[utt_id][max(0, start - margin): min(len(labels[utt_id]), end + margin)]
+        pieces.append(piece)
+        lengths.append(len(piece))
+    dim = next(iter(feats.values())).shape[1] if feats else 0
+    frames = torch.from_numpy(np.concatenate(pieces).astype(np.float32) if pieces else np.zeros((0, dim), np.float32))
+    frames = torch.nn.functional.normalize(frames.to(device), dim=1)
+    lengths = torch.tensor(lengths, dtype=torch.int64)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    result = {"num_items": len(items)}
+    for condition in CONDITIONS:
+        triples = sample_triples(items, condition, settings.context, settings.max_triples_per_item, settings.seed)
+        # Each distinct (X, other) pair once: A-X and B-X pairs repeat across triples.
+        wanted = np.concatenate([triples[:, [2, 0]], triples[:, [2, 1]]])
+        unique, inverse = np.unique(wanted, axis=0, return_inverse=True)
+        distances = np.zeros(0)
+        if len(unique):
+            distances = pair_distances(frames, offsets, lengths, torch.from_numpy(unique),
+                                       settings.distance).cpu().double().numpy()
+        inverse = inverse.reshape(-1)
+        d_ax, d_bx = distances[inverse[: len(triples)]], distances[inverse[len(triples):]]
+        result[condition] = abx_error(items, triples, d_ax, d_bx, condition, settings.context)
+        result[condition]["num_pairs"] = len(unique)
+    return result
+
+
+def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",),
+              baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
+              split: str | Path | None = None, phones: str | Path | None = None,
+              settings: ABXSettings | None = None, device: str | torch.device = "cpu", num_workers: int = 0,
+              progress: bool = True) -> dict:
+    """ABX error of each layer and baseline on the utterances of ``split``.
+
+    Utterances of the split without labels, or without features in some
+    feature set, are left out of every feature set (one item set for all) and
+    reported.
+
+    Args:
+        features_dir: an ``audiossl extract`` output folder (features at the
+            labels' 100 Hz).
+        alignments: ``converted_aligned_phones.txt``.
+        layers: sub-folders of ``features_dir`` to score.
+        baselines: hand-made features scored beside them (extracted if missing).
+        data: a corpus folder or manifest holding the baselines' audio;
+            None: the files the features were extracted from.
+        split: utterance ids to draw items from (CPC's ``test_split.txt``);
+            None: every utterance with features and labels.
+        phones: the phone inventory: names the silence class (``SIL``) and
+            bounds the labels; without it class 0 is silence.
+        settings: contexts, distance, sampling.
+        device: where baselines are extracted and distances computed.
+        num_workers: audio decoding processes for baseline extraction.
+
+    Returns:
+        The report (see :func:`format_abx_report`), a JSON-ready dict.
+    """
+    settings = settings or ABXSettings()
+    device = torch.device(device)
+    layer_sets = _open_layers(Path(features_dir), layers)
+    num_classes = len(_read(load_phone_inventory, phones)) if phones is not None else None
+    labels = _read(load_alignments, alignments, num_classes)
+    silence = silence_class(phones)
+    reference = layer_sets[0]
+    listed = _read(load_split, split) if split is not None else list(reference.num_frames)
+    unlabelled = [u for u in listed if u not in labels]
+    sets = _with_baselines(layer_sets, baselines, [u for u in listed if u in labels], device, num_workers, progress,
+                           _audio(data, [u for u in listed if u in labels], progress))
+    for features in sets:
+        if abs(features.frame_rate - LABEL_RATE) > 1e-6:
+            raise ProbeError(f"{features.folder}: features at {features.frame_rate:g} frames/s; ABX items are "
+                             f"cut from phone labels at {LABEL_RATE:g} per second")
+    unextracted = [u for u in listed if u in labels and any(u not in fs.num_frames for fs in sets)]
+    ids = [u for u in listed if u in labels and u not in set(unextracted)]
+    if not ids:
+        raise ProbeError(f"no utterance of {split or reference.folder} has both labels in {alignments} and "
+                         f"features in every feature set")
+    # One item set for every feature set: labels cut to the shortest features.
+    try:
+        cut = {u: min(len(labels_for_frames(labels[u], fs.num_frames[u], u)) for fs in sets) for u in ids}
+    except ValueError as e:
+        raise ProbeError(str(e)) from None
+    utt_labels = {u: labels[u][: cut[u]] for u in ids}
+    speakers = {u: reference.speakers[u] for u in ids}
+    rows = []
+    for features in sets:
+        began = time.perf_counter()
+        feats = {u: features.load(u) for u in ids}
+        score = abx_score(feats, utt_labels, speakers, settings, silence, device)
+        role = "baseline" if "baseline" in features.meta["source"] else "model"
+        rows.append({"features": features.name, "role": role,
+                     "within": score["within"]["error"], "across": score["across"]["error"], "dim": features.dim,
+                     "num_items": score["num_items"], "conditions": {c: score[c] for c in CONDITIONS},
+                     "seconds": round(time.perf_counter() - began, 2), "source": features.meta["source"]})
+    return {"task": "abx", "utterances": len(ids), "speakers": len(set(speakers.values())), "silence": silence,
+            "settings": asdict(settings), "dropped": {"alignments": _listing(unlabelled),
+                                                       "features": _listing(unextracted)},
+            "results": rows}
+
+
+def format_abx_report(report: dict) -> str:
+    """The report as a table: error rates and triple counts per feature set."""
+    settings = report["settings"]
+    lines = [f"ABX ({settings['context']} context, {settings['distance']} distance along the DTW path, at most "
+             f"{settings['max_triples_per_item'] or 'all'} triples per X): {report['utterances']} utterances, "
+             f"{report['speakers']} speakers",
+             f"{'features':<16}{'dim':>5}{'within':>9}{'across':>9}{'items':>8}{'triples (within / across)':>28}"
+             f"{'seconds':>9}"]
+    for row in report["results"]:
+        name = row["features"] + (" (floor)" if row["role"] == "baseline" else "")
+        errors = "".join(f"{row[c]:>9.1%}" if row[c] is not None else f"{'n/a':>9}" for c in CONDITIONS)
+        counts = f"{row['conditions']['within']['num_triples']:,} / {row['conditions']['across']['num_triples']:,}"
+        lines.append(f"{name:<16}{row['dim']:>5}{errors}{row['num_items']:>8,}{counts:>28}{row['seconds']:>9.1f}")
+    lines.append("error: ZeroSpeech averaging (per cell, then over contexts, speakers and phone pairs); chance 50 %")
+    if any(row[c] is None for row in report["results"] for c in CONDITIONS):
+        lines.append("n/a: no triple for that condition; the corpus is too small for this context rule "
+                     "(context none drops it)")
+    for why, listing in report["dropped"].items():
+        if listing["count"]:
+            lines.append(f"dropped: {listing['count']} utterance(s) without {why}, e.g. {', '.join(listing['ids'])}")
+    return "\n".join(lines)
+
+
+def write_abx_outputs(report: dict, table: str, out_dir: str | Path) -> None:
+    """``out_dir/report.txt`` (the table) and, last, ``metrics.json`` (the report), each written atomically."""
+    out_dir = Path(out_dir)
+    atomic_write(out_dir / "report.txt", lambda f: f.write(table.encode() + b"\n"))
+    atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))

@@ -1,0 +1,509 @@
+"""CTC recognition probes: phones or sentencepiece pieces from frozen features.
+
+A small head reads frozen features and is trained with CTC (Graves et al.
+2006; ``torch.nn.CTCLoss``, blank 0) to emit each utterance's unit sequence:
+
+- ``ctc-phone``: the phone sequence of the frame alignments (runs merged,
+  silence dropped; see :mod:`~audiossl.probes.units`), scored by the phone
+  error rate (PER).
+- ``ctc-subword``: sentencepiece pieces of the transcript, scored by the
+  character and word error rates (CER over the characters of the text,
+  spaces included; WER over its words) once the pieces are decoded to text.
+
+Heads: ``linear`` (one projection per frame: the CTC analogue of the linear
+probes) or ``bilstm`` (``lstm_layers`` bidirectional LSTM layers of ``hidden``
+units per direction, then the projection), as the SUPERB PR/ASR tasks (Yang
+et al. 2021) put a linear or BiLSTM head on frozen upstream features. Unit
+``k`` is output class ``k + 1``. Inputs are standardized with the training
+set's per-dimension statistics; AdamW with a cosine-decayed learning rate,
+gradient norm clipped at 5. As for the linear probes, a seeded tenth of the
+training utterances is held out to choose the epoch (lowest held-out unit
+error rate, ties broken by the held-out loss; early stopping after
+``patience`` epochs). Decoding is greedy: the best class per frame, repeats
+collapsed, blanks dropped. Error rates are total edits (Levenshtein distance)
+over total reference length, on the test split.
+
+CTC can only emit ``U`` units with repeats ``R`` (equal neighbours need a
+blank between them) in at least ``U + R`` frames: utterances with fewer
+feature frames are left out of training and test and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
+
+from audiossl.data.alignments import load_alignments, load_phone_inventory
+from audiossl.features import FeatureSet
+from audiossl.probes.baselines import BASELINES
+from audiossl.probes.linear import feature_statistics
+from audiossl.probes.report import _audio, _listing, _open_layers, _read, _split, _with_baselines
+from audiossl.probes.tasks import ProbeError, heldout_split
+from audiossl.probes.units import (load_transcripts, normalize_text, phone_sequence, silence_class, train_units,
+                                   transcripts_for)
+
+__all__ = [
+    "CTCHead",
+    "CTCSettings",
+    "DEFAULT_LR",
+    "HEADS",
+    "TrainedHead",
+    "ctc_phone_probe",
+    "ctc_subword_probe",
+    "edit_distance",
+    "error_rate",
+    "format_ctc_report",
+    "greedy_decode",
+    "min_ctc_frames",
+    "reverse_padded",
+    "train_ctc_head",
+    "transcribe",
+]
+
+HEADS = ("linear", "bilstm")
+BLANK = 0
+
+
+DEFAULT_LR = {"linear": 3e-2, "bilstm": 2e-3}  # AdamW peak learning rate per head
+
+
+@dataclass
+class CTCSettings:
+    head: str = "linear"  # linear: a projection per frame; bilstm: BiLSTM layers, then the projection
+    hidden: int = 128  # BiLSTM units per direction
+    lstm_layers: int = 1  # BiLSTM layers
+    epochs: int = 60  # most passes over the training utterances
+    batch_size: int = 8  # utterances per step
+    lr: float | None = None  # AdamW peak learning rate, cosine-decayed to 0; None: DEFAULT_LR of the head
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    patience: int = 10  # stop after this many epochs without a better held-out (error, loss); 0: never
+    heldout_fraction: float = 0.1  # of the training utterances, held out to choose the epoch; 0: none
+    seed: int = 1  # held-out utterances, initialization and utterance order
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"CTC settings: head {self.head!r} is not one of {', '.join(HEADS)}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.head]
+        if (min(self.hidden, self.lstm_layers, self.epochs, self.batch_size) <= 0 or self.lr <= 0
+                or self.weight_decay < 0 or self.patience < 0 or not 0 <= self.heldout_fraction < 1):
+            raise ValueError(f"CTC settings: hidden, lstm_layers, epochs, batch_size and lr must be positive, "
+                             f"weight_decay and patience non-negative, heldout_fraction in [0, 1), got {asdict(self)}")
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's first ``length`` frames in reverse order; padding stays in place.
+
+    Args:
+        x: (batch, frames, dim).
+        lengths: (batch,) valid frames.
+    """
+    steps = torch.arange(x.shape[1], device=x.device)[None]  # (1, T)
+    lengths = lengths.to(x.device)[:, None]
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (B, T)
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+class CTCHead(nn.Module):
+    """Frame features -> per-frame class logits (class 0 is the blank).
+
+    The BiLSTM runs each direction as its own LSTM over the padded batch, the
+    backward one on every row reversed within its length: a padded batch gives
+    the outputs of per-utterance runs, without packed sequences (which run
+    many times slower on CPUs).
+
+    Args:
+        in_dim: feature dimension.
+        num_classes: output classes, blank included.
+        head: ``linear`` or ``bilstm``.
+        hidden: BiLSTM units per direction.
+        layers: BiLSTM layers.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, head: str = "linear", hidden: int = 128, layers: int = 1):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head {head!r} is not one of {', '.join(HEADS)}")
+        num_layers = layers if head == "bilstm" else 0
+        dims = [in_dim] + [2 * hidden] * num_layers
+        self.forward_lstms = nn.ModuleList(nn.LSTM(d, hidden, batch_first=True) for d in dims[:-1])
+        self.backward_lstms = nn.ModuleList(nn.LSTM(d, hidden, batch_first=True) for d in dims[:-1])
+        self.out = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, in_dim) and (batch,) lengths -> (batch, frames, num_classes) logits."""
+        for forward_lstm, backward_lstm in zip(self.forward_lstms, self.backward_lstms):
+            ahead, _ = forward_lstm(feats)
+            behind, _ = backward_lstm(reverse_padded(feats, lengths))
+            feats = torch.cat([ahead, reverse_padded(behind, lengths)], dim=-1)  # (B, T, 2 hidden)
+        return self.out(feats)
+
+
+def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, blank: int = BLANK) -> list[np.ndarray]:
+    """Best class per frame, repeats collapsed, blanks dropped.
+
+    Args:
+        logits: (batch, frames, classes) scores (or log-probabilities).
+        lengths: (batch,) valid frames.
+
+    Returns:
+        One int64 array of emitted classes per row.
+    """
+    best = logits.argmax(-1)  # (B, T)
+    previous = torch.cat([torch.full_like(best[:, :1], blank), best[:, :-1]], dim=1)
+    valid = torch.arange(best.shape[1], device=best.device)[None] < lengths.to(best.device)[:, None]
+    keep = (best != blank) & (best != previous) & valid
+    best, keep = best.cpu().numpy(), keep.cpu().numpy()
+    return [row[mask] for row, mask in zip(best, keep)]
+
+
+def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+    """Levenshtein distance: fewest substitutions, deletions and insertions.
+
+    One dynamic-programming row per reference symbol; within a row the
+    insertion chain ``d[j] = min(d[j], d[j-1] + 1)`` is a running minimum of
+    ``d[j] - j``, so each row is a few numpy operations.
+    """
+    hyp = hypothesis if isinstance(hypothesis, np.ndarray) else np.array(list(hypothesis), dtype=object)
+    if len(reference) == 0 or len(hyp) == 0:
+        return max(len(reference), len(hyp))
+    columns = np.arange(len(hyp) + 1)
+    row = columns.copy()
+    for symbol in reference:
+        new = np.empty_like(row)
+        new[0] = row[0] + 1
+        differ = (hyp != symbol).astype(np.int64)
+        new[1:] = np.minimum(row[:-1] + differ, row[1:] + 1)  # substitute or match, delete
+        row = np.minimum.accumulate(new - columns) + columns  # insert
+    return int(row[-1])
+
+
+def min_ctc_frames(targets: np.ndarray) -> int:
+    """Fewest frames CTC needs to emit ``targets``: one per unit, one blank per repeat."""
+    targets = np.asarray(targets)
+    return len(targets) + int(np.sum(targets[1:] == targets[:-1]))
+
+
+@dataclass
+class TrainedHead:
+    head: CTCHead  # in eval mode, at its best epoch
+    mean: torch.Tensor  # (dim,) training feature mean
+    std: torch.Tensor  # (dim,) training feature standard deviation
+    epochs: int  # epochs run
+    best_epoch: int  # the epoch kept: lowest held-out unit error rate, then loss (the last without held-out data)
+    history: dict  # per epoch: train_loss, heldout_error, heldout_loss (losses per target unit)
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Utterances of similar length together (little padding)."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _pad(feats: Sequence[torch.Tensor], index: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardized (batch, frames, dim) features of ``index`` on the statistics' device, and their lengths."""
+    rows = [feats[i] for i in index]
+    lengths = torch.tensor([len(r) for r in rows], device=mean.device)
+    batch = pad_sequence(rows, batch_first=True).to(mean.device).float()  # (B, T, D)
+    return (batch - mean) / std, lengths
+
+
+def _ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: Sequence[np.ndarray]) -> torch.Tensor:
+    """Summed CTC loss of a batch."""
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, C)
+    flat = torch.from_numpy(np.concatenate(targets)).to(logits.device)
+    target_lengths = torch.tensor([len(t) for t in targets], device=logits.device)
+    return nn.functional.ctc_loss(log_probs, flat, lengths, target_lengths, blank=BLANK, reduction="sum",
+                                  zero_infinity=True)
+
+
+def _num_units(targets: Sequence[np.ndarray]) -> int:
+    return sum(max(len(t), 1) for t in targets)
+
+
+@torch.no_grad()
+def transcribe(head: CTCHead, mean: torch.Tensor, std: torch.Tensor, feats: Sequence[np.ndarray],
+               targets: Sequence[np.ndarray], batch_size: int = 32) -> tuple[list[np.ndarray], float]:
+    """Greedy decoding of each utterance, and the mean CTC loss per target unit.
+
+    Args:
+        head: in eval mode.
+        mean, std: (dim,) the training statistics that standardize the inputs.
+        feats: per utterance (frames, dim).
+        targets: per utterance (units,) classes, for the loss.
+
+    Returns:
+        The decoded classes of each utterance, in order, and the loss.
+    """
+    tensors = [torch.from_numpy(np.asarray(f)) for f in feats]
+    hyps: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(tensors)
+    loss = 0.0
+    for index in _batches([len(t) for t in tensors], batch_size):
+        x, lengths = _pad(tensors, index, mean, std)
+        logits = head(x, lengths)
+        loss += float(_ctc_loss(logits, lengths, [targets[i] for i in index]))
+        for i, hyp in zip(index, greedy_decode(logits, lengths)):
+            hyps[i] = hyp
+    return hyps, loss / max(1, _num_units(targets))
+
+
+def train_ctc_head(feats: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int,
+                   settings: CTCSettings | None = None, device: str | torch.device = "cpu", progress: bool = True,
+                   desc: str = "ctc probe", heldout_feats: Sequence[np.ndarray] = (),
+                   heldout_targets: Sequence[np.ndarray] = ()) -> TrainedHead:
+    """Fit a CTC head on (frames, dim) feature arrays and their unit sequences.
+
+    With held-out utterances, the epoch of lowest held-out unit error rate
+    (greedy decoding), ties broken by the held-out loss, is kept and training
+    stops after ``settings.patience`` epochs without a better one.
+
+    Args:
+        feats: per utterance (frames, dim), float32 or float16.
+        targets: per utterance (units,) classes in ``[1, num_classes)`` (0 is the blank).
+        num_classes: output classes, blank included.
+        settings: head and optimization.
+        device: where the head trains.
+        desc: progress bar label.
+        heldout_feats, heldout_targets: utterances that choose the epoch.
+
+    Returns:
+        The trained head, its input statistics and its training history.
+    """
+    settings = settings or CTCSettings()
+    if not feats or len(feats) != len(targets) or len(heldout_feats) != len(heldout_targets):
+        raise ValueError(f"need one target sequence per utterance, got {len(feats)} utterances, {len(targets)} "
+                         f"targets ({len(heldout_feats)} / {len(heldout_targets)} held out)")
+    device = torch.device(device)
+    tensors = [torch.from_numpy(np.asarray(f)) for f in feats]
+    mean, std = (t.to(device) for t in feature_statistics(torch.cat(tensors)))
+    torch.manual_seed(settings.seed)
+    head = CTCHead(tensors[0].shape[1], num_classes, settings.head, settings.hidden, settings.lstm_layers).to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    batches = _batches([len(f) for f in tensors], settings.batch_size)
+    total = settings.epochs * len(batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    generator = np.random.default_rng(settings.seed)
+    history: dict[str, list[float]] = {"train_loss": [], "heldout_error": [], "heldout_loss": []}
+    best_state, best, best_epoch = None, (math.inf, math.inf), 0
+    bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    for epoch in bar:
+        head.train()
+        loss_sum = torch.zeros((), device=device)
+        for b in generator.permutation(len(batches)):
+            x, lengths = _pad(tensors, batches[b], mean, std)
+            batch_targets = [targets[i] for i in batches[b]]
+            loss = _ctc_loss(head(x, lengths), lengths, batch_targets)
+            optimizer.zero_grad(set_to_none=True)
+            (loss / _num_units(batch_targets)).backward()
+            nn.utils.clip_grad_norm_(head.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+        history["train_loss"].append(float(loss_sum) / _num_units(targets))
+        head.eval()
+        if heldout_feats:
+            hyps, heldout_loss = transcribe(head, mean, std, heldout_feats, heldout_targets)
+            error = error_rate(list(zip(heldout_targets, hyps)))
+            history["heldout_error"].append(error)
+            history["heldout_loss"].append(heldout_loss)
+            # The loss breaks ties: through CTC's early all-blank phase the error stays at 100 %.
+            if (error, heldout_loss) < best:
+                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                best, best_epoch = (error, heldout_loss), epoch
+        else:
+            best_epoch = epoch
+        bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", heldout=f"{best[0]:.1%}")
+        if heldout_feats and settings.patience and epoch - best_epoch >= settings.patience:
+            break
+    bar.close()
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    return TrainedHead(head.eval(), mean, std, len(history["train_loss"]), best_epoch, history)
+
+
+def error_rate(pairs: Sequence[tuple[Sequence, Sequence]]) -> float:
+    """Total edit distance over total reference length, for (reference, hypothesis) pairs."""
+    edits = sum(edit_distance(ref, hyp) for ref, hyp in pairs)
+    return edits / max(1, sum(len(ref) for ref, _ in pairs))
+
+
+def _run(task: str, sets: list[FeatureSet], train_ids: list[str], test_ids: list[str],
+         targets: Mapping[str, np.ndarray], num_classes: int, score: Callable[[list[str], list[np.ndarray]], dict],
+         settings: CTCSettings, device: torch.device, progress: bool) -> dict:
+    """Train and test a head on every feature set; report rows and the utterance counts."""
+    fit_ids, heldout_ids = heldout_split(train_ids, settings.heldout_fraction, settings.seed)
+    rows = []
+    for features in sets:
+        began = time.perf_counter()
+        parts, missing, short = {}, [], []
+        for what, ids in (("training", fit_ids), ("held-out", heldout_ids), ("test", test_ids)):
+            missing += [u for u in ids if u not in features.num_frames]
+            present = [u for u in ids if u in features.num_frames]
+            short += [u for u in present if features.num_frames[u] < min_ctc_frames(targets[u])]
+            parts[what] = [u for u in present if features.num_frames[u] >= min_ctc_frames(targets[u])]
+        for what in ("training", "test"):
+            if not parts[what]:
+                raise ProbeError(f"{features.folder}: no {what} utterance has features with the frames CTC needs "
+                                 f"({len(missing)} without features, {len(short)} too short)")
+        load = {what: [features.load(u) for u in ids] for what, ids in parts.items()}
+        trained = train_ctc_head(load["training"], [targets[u] for u in parts["training"]], num_classes, settings,
+                                 device, progress, f"{task} {features.name}", load["held-out"],
+                                 [targets[u] for u in parts["held-out"]])
+        hyps, test_loss = transcribe(trained.head, trained.mean, trained.std, load["test"],
+                                     [targets[u] for u in parts["test"]])
+        role = "baseline" if "baseline" in features.meta["source"] else "model"
+        rows.append({"features": features.name, "role": role,
+                     **score(parts["test"], hyps), "dim": features.dim,
+                     "train_utterances": len(parts["training"]), "heldout_utterances": len(parts["held-out"]),
+                     "test_utterances": len(parts["test"]), "epochs": trained.epochs, "best_epoch": trained.best_epoch,
+                     "missing": {"features": _listing(missing), "too_short": _listing(short)},
+                     "train_loss": trained.history["train_loss"][trained.best_epoch - 1], "test_loss": test_loss,
+                     "seconds": round(time.perf_counter() - began, 2), "source": features.meta["source"],
+                     "history": trained.history})
+    return {"task": task, "train_utterances": len(train_ids), "heldout_utterances": len(heldout_ids),
+            "test_utterances": len(test_ids), "settings": asdict(settings), "results": rows}
+
+
+def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",),
+                    baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
+                    phones: str | Path | None = None, keep_silence: bool = False,
+                    train_split: str | Path | None = None, test_split: str | Path | None = None,
+                    settings: CTCSettings | None = None, device: str | torch.device = "cpu", num_workers: int = 0,
+                    progress: bool = True) -> dict:
+    """CTC phone recognition from each layer and baseline; phone error rate on the test split.
+
+    Args:
+        features_dir: an ``audiossl extract`` output folder (any frame rate).
+        alignments: ``converted_aligned_phones.txt``; collapsed into phone sequences.
+        layers: sub-folders of ``features_dir`` to probe.
+        baselines: hand-made features probed beside them (extracted if missing).
+        data: a corpus folder or manifest holding the baselines' audio;
+            None: the files the features were extracted from.
+        phones: the phone inventory: the number of classes and the silence
+            class (``SIL``); without it, the largest label + 1 and class 0.
+        keep_silence: keep silence as a unit instead of dropping it.
+        train_split, test_split: utterance id lists; neither: every fifth
+            labelled utterance of each speaker is held out.
+        settings: the head and its training.
+        device: where baselines are extracted and heads trained.
+        num_workers: audio decoding processes for baseline extraction.
+
+    Returns:
+        The report (see :func:`format_ctc_report`), a JSON-ready dict.
+    """
+    settings, device = settings or CTCSettings(), torch.device(device)
+    layer_sets = _open_layers(Path(features_dir), layers)
+    num_phones = len(_read(load_phone_inventory, phones)) if phones is not None else None
+    labels = _read(load_alignments, alignments, num_phones)
+    if not labels:
+        raise ProbeError(f"{alignments}: no alignments")
+    num_phones = num_phones or 1 + max(int(l.max()) for l in labels.values())
+    silence = None if keep_silence else silence_class(phones)
+    train_ids, test_ids = _split(layer_sets[0], train_split, test_split, usable=labels)
+    unlabelled = [u for u in train_ids + test_ids if u not in labels]
+    train_ids, test_ids = [u for u in train_ids if u in labels], [u for u in test_ids if u in labels]
+    targets = {u: phone_sequence(labels[u], silence) + 1 for u in train_ids + test_ids}
+    sets = _with_baselines(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
+                           _audio(data, train_ids + test_ids, progress))
+
+    def score(ids: list[str], hyps: list[np.ndarray]) -> dict:
+        return {"per": error_rate([(targets[u], h) for u, h in zip(ids, hyps)])}
+
+    report = _run("ctc-phone", sets, train_ids, test_ids, targets, num_phones + 1, score, settings, device, progress)
+    return {**report, "metrics": ["per"], "unit": "phone", "num_units": num_phones - (silence is not None),
+            "silence": silence, "unlabelled": _listing(unlabelled)}
+
+
+def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: Sequence[str] = ("context",),
+                      baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
+                      vocab_size: int = 100, sp_type: str = "unigram", transcripts: Sequence[str | Path] = (),
+                      train_split: str | Path | None = None, test_split: str | Path | None = None,
+                      settings: CTCSettings | None = None, device: str | torch.device = "cpu",
+                      num_workers: int = 0, progress: bool = True) -> dict:
+    """CTC recognition of sentencepiece pieces; character and word error rates on the test split.
+
+    Args:
+        features_dir: an ``audiossl extract`` output folder (any frame rate).
+        units_path: the sentencepiece model file, trained on the training
+            transcripts if absent, reused if made with the same settings and text.
+        layers: sub-folders of ``features_dir`` to probe.
+        baselines: hand-made features probed beside them (extracted if missing).
+        data: a corpus folder or manifest holding the baselines' audio;
+            None: the files the features were extracted from.
+        vocab_size: most pieces (``<unk>`` included).
+        sp_type: ``unigram`` or ``bpe``.
+        transcripts: transcript files or folders; none: the ``*.trans.txt``
+            beside each utterance's audio.
+        train_split, test_split: utterance id lists; neither: every fifth
+            transcribed utterance of each speaker is held out.
+        settings: the head and its training.
+        device: where baselines are extracted and heads trained.
+        num_workers: audio decoding processes for baseline extraction.
+
+    Returns:
+        The report (see :func:`format_ctc_report`), a JSON-ready dict.
+    """
+    settings, device = settings or CTCSettings(), torch.device(device)
+    layer_sets = _open_layers(Path(features_dir), layers)
+    reference = layer_sets[0]
+    texts = load_transcripts(transcripts) if transcripts else transcripts_for(reference.utterances)
+    if not texts:
+        raise ProbeError(f"no transcripts found for the utterances of {reference.folder}; give their files")
+    train_ids, test_ids = _split(reference, train_split, test_split, usable=texts)
+    untranscribed = [u for u in train_ids + test_ids if u not in texts]
+    train_ids, test_ids = [u for u in train_ids if u in texts], [u for u in test_ids if u in texts]
+    units = train_units([texts[u] for u in train_ids], units_path, vocab_size, sp_type)
+    targets = {u: np.array(units.encode(texts[u]), dtype=np.int64) + 1 for u in train_ids + test_ids}
+    sets = _with_baselines(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
+                           _audio(data, train_ids + test_ids, progress))
+
+    def score(ids: list[str], hyps: list[np.ndarray]) -> dict:
+        decoded = [normalize_text(units.decode(h - 1)) for h in hyps]
+        return {"cer": error_rate([(texts[u], d) for u, d in zip(ids, decoded)]),
+                "wer": error_rate([(texts[u].split(), d.split()) for u, d in zip(ids, decoded)]),
+                "examples": [{"id": u, "reference": texts[u], "decoded": d} for u, d in list(zip(ids, decoded))[:3]]}
+
+    report = _run("ctc-subword", sets, train_ids, test_ids, targets, units.size + 1, score, settings, device,
+                  progress)
+    return {**report, "metrics": ["cer", "wer"], "unit": f"{sp_type} piece", "num_units": units.size,
+            "units": str(units_path), "untranscribed": _listing(untranscribed)}
+
+
+def format_ctc_report(report: dict) -> str:
+    """The report as a table: error rates, losses and utterance counts per feature set."""
+    metrics, settings = report["metrics"], report["settings"]
+    head = settings["head"] + (f" {settings['lstm_layers']}x{settings['hidden']}" if settings["head"] == "bilstm"
+                               else "")
+    lines = [f"{report['task']} probe ({head} head, {report['num_units']} {report['unit']}s + blank): "
+             f"{report['train_utterances']} training utterances ({report['heldout_utterances']} held out to choose "
+             f"the epoch) / {report['test_utterances']} test",
+             f"{'features':<16}{'dim':>5}" + "".join(f"{m.upper():>8}" for m in metrics)
+             + f"{'train loss':>12}{'test loss':>11}{'epoch':>8}{'seconds':>9}"]
+    for row in report["results"]:
+        name = row["features"] + (" (floor)" if row["role"] == "baseline" else "")
+        lines.append(f"{name:<16}{row['dim']:>5}" + "".join(f"{row[m]:>8.1%}" for m in metrics)
+                     + f"{row['train_loss']:>12.3f}{row['test_loss']:>11.3f}"
+                     f"{str(row['best_epoch']) + '/' + str(row['epochs']):>8}{row['seconds']:>9.1f}")
+    lines.append("losses: CTC per target unit; epoch: the one kept (lowest held-out error) / epochs run")
+    for key in ("unlabelled", "untranscribed"):
+        if report.get(key, {}).get("count"):
+            listing = report[key]
+            lines.append(f"dropped: {listing['count']} {key} split utterance(s), e.g. {', '.join(listing['ids'])}")
+    for row in report["results"]:
+        for why, listing in row["missing"].items():
+            if listing["count"]:
+                lines.append(f"dropped from {row['features']}: {listing['count']} utterance(s) "
+                             f"{'without features' if why == 'features' else 'too short for their units'}, "
+                             f"e.g. {', '.join(listing['ids'])}")
+    return "\n".join(lines)
