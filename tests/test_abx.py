@@ -18,12 +18,7 @@ from audiossl.probes.abx import (CONDITIONS, ABXSettings, abx_score, dtw_mean_co
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the machine is shared
 
 
 def naive_dtw(cost: np.ndarray) -> float:

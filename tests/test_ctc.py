@@ -19,12 +19,7 @@ from audiossl.probes.units import load_transcripts, normalize_text, phone_sequen
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the machine is shared
 
 
 def full_table_edit_distance(ref, hyp) -> int:
