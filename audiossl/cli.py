@@ -130,7 +130,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from audiossl.probes.report import (DEFAULT_SETTINGS, format_report, phone_probe, probe_features, speaker_probe,
                                         write_outputs)
 
-    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed")
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "hidden")
              if getattr(args, k) is not None}
     try:
         settings = dataclasses.replace(DEFAULT_SETTINGS[args.task], **given)
@@ -344,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=float, help="AdamW peak learning rate (1e-2)")
     fit.add_argument("--weight-decay", type=float, help="AdamW weight decay (0)")
     fit.add_argument("--seed", type=int, help="held-out part and example order (1)")
+    fit.add_argument("--hidden", type=int, help="units of one ReLU hidden layer (0: a linear probe, the default)")
     t = tasks.add_parser("phone", parents=[shared, fit], help="phone class per 10 ms frame")
     t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt")
     t.add_argument("--phones", help="phone inventory (phones.txt); fixes the number of classes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,6 +64,19 @@ def test_probe_separates_separable_classes(dtype):
     assert result.epochs == result.best_epoch == 20 and result.heldout_accuracy is None
     assert len(result.history["train_loss"]) == 20 and result.history["heldout_accuracy"] == []
     assert result.history["heldout_loss"] == []
+
+
+def test_hidden_layer_probe_learns_what_a_linear_one_cannot():
+    # XOR of two signs: no linear boundary does better than chance, one ReLU layer does.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1200, 2)).astype(np.float32)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int64)
+    settings = ProbeSettings(epochs=60, batch_size=100, lr=1e-2)
+    linear = train_linear_probe(x[:900], y[:900], x[900:], y[900:], 2, settings, progress=False)
+    hidden = train_linear_probe(x[:900], y[:900], x[900:], y[900:], 2, dataclasses.replace(settings, hidden=32),
+                                progress=False)
+    assert linear.accuracy < 0.7
+    assert hidden.accuracy > 0.9
 
 
 def test_probe_is_reproducible_and_cannot_learn_noise():

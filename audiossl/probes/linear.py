@@ -7,7 +7,8 @@ on a frozen model (its ``--nEpoch``, ``--lr`` are ``epochs``, ``lr`` here).
 Here the classifier reads features already extracted to numpy: each input
 dimension is standardized with the training set's mean and standard deviation
 (a linear probe can represent any such rescaling; it only helps the optimizer),
-the weights start at zero, and AdamW with a cosine-decayed learning rate
+the weights start at zero (``hidden`` > 0 adds one ReLU hidden layer, the
+issue's optional non-linear probe), and AdamW with a cosine-decayed learning rate
 minimizes the cross-entropy. Early stopping: after every epoch the probe is
 scored on held-out examples (a part of the training utterances set aside by
 the caller); the weights of the best epoch are kept (highest held-out
@@ -42,12 +43,30 @@ class ProbeSettings:
     patience: int = 10  # stop after this many epochs without a better held-out accuracy; 0: never
     heldout_fraction: float = 0.1  # of the training utterances, held out to choose the epoch; 0: none
     seed: int = 1  # the held-out utterances and the order of the examples
+    hidden: int = 0  # units of one ReLU hidden layer before the classifier; 0: linear (CPC's probe)
 
     def __post_init__(self) -> None:
         if (self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0 or self.weight_decay < 0 or self.patience < 0
+                or self.hidden < 0
                 or not 0 <= self.heldout_fraction < 1):
-            raise ValueError(f"probe settings: epochs, batch_size and lr must be positive, weight_decay and "
-                             f"patience non-negative, heldout_fraction in [0, 1), got {asdict(self)}")
+            raise ValueError(f"probe settings: epochs, batch_size and lr must be positive, weight_decay, "
+                             f"patience and hidden non-negative, heldout_fraction in [0, 1), got {asdict(self)}")
+
+
+def make_classifier(dim: int, num_classes: int, hidden: int = 0) -> nn.Module:
+    """A linear layer starting at zero, or with ``hidden`` > 0 one ReLU hidden layer first.
+
+    A hidden layer cannot start at zero (its units would never differ), so
+    only the output layer does.
+    """
+    if hidden:
+        output = nn.Linear(hidden, num_classes)
+        classifier = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), output)
+    else:
+        output = classifier = nn.Linear(dim, num_classes)
+    nn.init.zeros_(output.weight)
+    nn.init.zeros_(output.bias)
+    return classifier
 
 
 @dataclass
@@ -175,9 +194,7 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_f
         y, y_held, y_test = (torch.from_numpy(labels).long() for labels in (train_labels, heldout_labels, test_labels))
         mean, std = (t.to(device) for t in feature_statistics(x))
 
-        probe = nn.Linear(x.shape[1], num_classes).to(device)
-        nn.init.zeros_(probe.weight)
-        nn.init.zeros_(probe.bias)
+        probe = make_classifier(x.shape[1], num_classes, settings.hidden).to(device)
         optimizer = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         steps_per_epoch = math.ceil(len(x) / settings.batch_size)
         total = settings.epochs * steps_per_epoch
