@@ -169,26 +169,17 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
+    if typ in (int, float):
+        # YAML gives ints for floats written without a point; a float is never an int; bools are neither.
+        accepted = (int,) if typ is int else (int, float)
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return typ(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return typ(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
-    if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
     if typ is str:
         if isinstance(value, str):
             return value
