@@ -40,7 +40,7 @@ Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), both (points,)
 # Flat metrics.json keys (one score per file), in order of preference: (key, metric, lower is better).
 METRIC_KEYS = (("accuracy", "accuracy", False), ("per", "PER", True),
                ("abx_error", "ABX error", True), ("error_rate", "error", True), ("error", "error", True))
-ABX_CONDITIONS = ("within", "across")  # audiossl.probes.abx rows: {condition: {"error": ...}}
+ABX_CONDITIONS = ("within", "across")  # audiossl.probes.abx rows: {condition: error rate or None}
 
 
 @dataclasses.dataclass
@@ -100,8 +100,7 @@ def _row_metrics(row: dict, error_rates: Sequence[str]) -> list[tuple[str, float
     """``(metric, value, lower is better)`` of one result row of an ``audiossl probe`` report."""
     found = [("accuracy", float(row["accuracy"]), False)] if _number(row.get("accuracy")) else []
     found += [(name.upper(), float(row[name]), True) for name in error_rates if _number(row.get(name))]
-    found += [(f"{c}-speaker error", float(row[c]["error"]), True) for c in ABX_CONDITIONS
-              if isinstance(row.get(c), dict) and _number(row[c].get("error"))]
+    found += [(f"{c}-speaker error", float(row[c]), True) for c in ABX_CONDITIONS if _number(row.get(c))]
     return found
 
 

@@ -55,8 +55,8 @@ def write_probe_metrics(exp: Path) -> None:
             {"context": 0.9, "mfcc": 0.6, "logmel": 0.7}, extra=lambda v: {"accuracy": v})},
         "probe_ctc-phone_model": {"task": "ctc-phone", "metrics": ["per"], "results": rows(
             {"context": 0.7, "mfcc": 0.8}, extra=lambda v: {"per": v})},
-        "probe_abx_model": {"task": "abx", "results": rows(
-            {"context": 0.2, "mfcc": 0.25}, extra=lambda v: {"within": {"error": v}, "across": {"error": None}})},
+        "probe_abx_model": {"task": "abx", "results": rows(  # rows as audiossl probe abx writes them
+            {"context": 0.2, "mfcc": 0.25}, extra=lambda v: {"within": v, "across": None})},
         "probe_speaker_extra": {"accuracy": 0.5, "chance": 0.34},
     }
     for name, metrics in files.items():
