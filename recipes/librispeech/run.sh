@@ -5,9 +5,10 @@
 #   recipes/librispeech/run.sh --librispeech-root /data/LibriSpeech \
 #       --cpc-labels /data/LibriSpeech100_labels_split [--objective cpc] [--stage N] [--stop-stage M]
 #
-# Stages (each is safe to re-run; training and extraction resume):
+# Stages (each is safe to re-run; training and extraction resume, finished probes are kept):
 #   0 check inputs   1 manifest   2 pretrain   3 extract
-#   4 phone probe    5 speaker probe   6 report (figures and tables: $exp/$objective/report/report.md)
+#   4 phone probe    5 speaker probe   6 ABX   7 CTC phone recognition   8 CTC subword recognition
+#   9 report (figures and tables: $exp/$objective/report/report.md)
 set -euo pipefail
 
 # ---- defaults (every one is an option: --librispeech-root sets librispeech_root)
@@ -21,18 +22,19 @@ layer=context              # layer to probe
 exp=exp/librispeech        # experiment root; the run goes to $exp/$objective
 stage=0
 stop_stage=100
-probe_overrides=           # extra options for both probes, e.g. "--hidden 256"
+probe_overrides=           # extra options for the phone and speaker probes, e.g. "--hidden 256"
+ctc_overrides=             # extra options for both CTC probes, e.g. "--head bilstm"
 nproc=1                    # processes for pretraining (torchrun on one node when > 1)
 data=                      # use this corpus folder instead of $librispeech_root/$subset
 
-options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides nproc data"
+options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides ctc_overrides nproc data"
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$0")] $*"; }
 
 # ---- option parser: --foo-bar VALUE sets foo_bar; unknown options exit
 while [ $# -gt 0 ]; do
   case "$1" in
-    --help|-h) sed -n '2,12p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,13p' "$0"; exit 0 ;;
     --*=*) name="${1%%=*}"; value="${1#*=}"; shift ;;
     --*) [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 2; }; name="$1"; value="$2"; shift 2 ;;
     *) echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 2 ;;
@@ -108,23 +110,43 @@ probe() {
   local kind="$1"; shift
   local out="$run/probe_$kind"
   if [ -f "$out/metrics.json" ]; then log "probe $kind: done before, kept ($out)"; return; fi
-  # shellcheck disable=SC2086
-  step "probe_$kind" audiossl probe "$kind" --features "$run/features" --layer "$layer" \
-    --train-split "$train_split" --test-split "$test_split" --out "$out" --no-progress "$@" $probe_overrides
+  step "probe_$kind" audiossl probe "$kind" --features "$run/features" --layer "$layer" --out "$out" --no-progress "$@"
 }
+phones=()  # the phone inventory, when the labels come with one (this project's corpora do)
+[ -f "$cpc_labels/phones.txt" ] && phones=(--phones "$cpc_labels/phones.txt")
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "stage 4: phone probe"
-  probe phone --alignments "$alignments"
+  # shellcheck disable=SC2086
+  probe phone --alignments "$alignments" --train-split "$train_split" --test-split "$test_split" $probe_overrides
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "stage 5: speaker probe"
-  probe speaker
+  # shellcheck disable=SC2086
+  probe speaker --train-split "$train_split" --test-split "$test_split" $probe_overrides
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  log "stage 6: report"
+  log "stage 6: ABX phone discrimination (test split)"
+  probe abx --alignments "$alignments" "${phones[@]}" --split "$test_split"
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  log "stage 7: CTC phone recognition"
+  # shellcheck disable=SC2086
+  probe ctc-phone --alignments "$alignments" "${phones[@]}" --train-split "$train_split" --test-split "$test_split" \
+    $ctc_overrides
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  log "stage 8: CTC subword recognition (sentencepiece units from the corpus transcripts)"
+  # shellcheck disable=SC2086
+  probe ctc-subword --train-split "$train_split" --test-split "$test_split" $ctc_overrides
+fi
+
+if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
+  log "stage 9: report"
   step report audiossl report "$run" --data "$run/manifest.tsv" --labels "$cpc_labels"
 fi
 

@@ -1,0 +1,95 @@
+"""The mini recipe's stages end to end on the embedded demo corpus, with tiny settings.
+
+Runs ``recipes/mini/run.sh`` (the LibriSpeech recipe on ``data/demo``) as a
+user would, into a temporary experiment folder: every stage's output must be
+there and hold real results, a second run must keep what the first made, and
+missing inputs must be named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "recipes" / "mini" / "run.sh"
+TINY_TRAINING = ("max_steps=3 ckpt_every=3 log_every=1 num_workers=0 batch_size=4 window_samples=3200 "
+                 "encoder_channels=16 context_dim=16 cpc_steps=3 cpc_negatives=8")
+
+
+def run_recipe(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(["bash", str(MINI), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def metrics(run: Path, kind: str) -> dict:
+    return json.loads((run / f"probe_{kind}" / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    exp = tmp_path_factory.mktemp("recipe") / "exp"
+    done = run_recipe("--exp", str(exp), "--train-overrides", TINY_TRAINING,
+                      "--probe-overrides", "--epochs 2", "--ctc-overrides", "--epochs 2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return exp / "cpc", done
+
+
+def test_every_stage_leaves_its_results(finished):
+    run, done = finished
+    for stage in range(10):
+        assert f"stage {stage}:" in done.stdout
+    assert (run / "manifest.tsv").read_text().count("\n") == 1 + 112  # header + the demo's utterances
+    assert (run / "pretrain" / "checkpoint.pt").is_file()
+    assert (run / "pretrain" / "train_log.tsv").read_text().splitlines()[-1].split("\t")[0] == "3"
+    index = (run / "features" / "context" / "index.tsv").read_text().splitlines()
+    assert len(index) == 1 + 112
+    phone, speaker = metrics(run, "phone"), metrics(run, "speaker")
+    for report in (phone, speaker):
+        assert [row["features"] for row in report["results"]] == ["context", "mfcc", "logmel"]
+        assert all(0.0 <= row["accuracy"] <= 1.0 for row in report["results"])
+    abx = metrics(run, "abx")
+    assert all(0.0 <= row[c] <= 1.0 for row in abx["results"] for c in ("within", "across"))
+    assert all(0.0 <= row["per"] for row in metrics(run, "ctc-phone")["results"])
+    subword = metrics(run, "ctc-subword")
+    assert all(0.0 <= row["cer"] and 0.0 <= row["wer"] for row in subword["results"])
+    assert (run / "probe_ctc-subword" / "units.model").is_file()  # the sentencepiece units, kept for reuse
+    page = (run / "report" / "report.md").read_text()
+    for score in ("phone accuracy", "speaker accuracy", "abx within-speaker error", "abx across-speaker error",
+                  "ctc-phone PER", "ctc-subword CER", "ctc-subword WER"):
+        assert f"| {score} (" in page  # every probe's result is in the report's table
+    assert "no known metric" not in page
+    for figure in ("training_curves.png", "probe_scores.png", "phone_confusion.png", "speaker_pca.png"):
+        assert figure in page and (run / "report" / figure).stat().st_size > 0
+
+
+def test_rerun_keeps_finished_stages(finished):
+    run, _ = finished
+    probes = sorted(run.glob("probe_*/metrics.json"))
+    assert len(probes) == 5
+    before = {p: p.stat().st_mtime_ns for p in probes}
+    done = run_recipe("--exp", str(run.parent), "--train-overrides", TINY_TRAINING, "--stop-stage", "8")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "manifest exists, kept" in done.stdout
+    assert done.stdout.count("done before, kept") == 5
+    assert {p: p.stat().st_mtime_ns for p in probes} == before
+    assert (run / "pretrain" / "train_log.tsv").read_text().splitlines()[-1].split("\t")[0] == "3"  # no new steps
+
+
+def test_missing_labels_are_named(tmp_path):
+    done = run_recipe("--exp", str(tmp_path / "exp"), "--cpc-labels", str(tmp_path / "nowhere"))
+    assert done.returncode == 1
+    assert f"missing CPC label file: {tmp_path / 'nowhere' / 'converted_aligned_phones.txt'}" in done.stderr
+    assert "LibriSpeech100_labels_split" in done.stderr  # where the files come from
+    assert not (tmp_path / "exp" / "cpc" / "manifest.tsv").exists()
+
+
+def test_unknown_option_is_refused(tmp_path):
+    done = run_recipe("--exp", str(tmp_path / "exp"), "--stages", "3")
+    assert done.returncode == 2
+    assert "unknown option --stages" in done.stderr
