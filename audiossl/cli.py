@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctc.add_argument("--heldout-fraction", type=float, default=0.1,
                      help="of the training utterances, held out to choose the epoch")
     ctc.add_argument("--batch-size", type=int, default=32, help="utterances per step")
-    ctc.add_argument("--lr", type=float, help="AdamW peak learning rate (linear 1e-2, bilstm 2e-3)")
+    ctc.add_argument("--lr", type=float, help="AdamW peak learning rate (linear 3e-2, bilstm 2e-3)")
     ctc.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     ctc.add_argument("--seed", type=int, default=1, help="held-out part, initialization and utterance order")
     t = tasks.add_parser("ctc-phone", parents=[shared, ctc], help="CTC phone recognition; phone error rate")

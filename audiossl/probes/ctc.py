@@ -74,7 +74,7 @@ HEADS = ("linear", "bilstm")
 BLANK = 0
 
 
-DEFAULT_LR = {"linear": 1e-2, "bilstm": 2e-3}  # AdamW peak learning rate per head
+DEFAULT_LR = {"linear": 3e-2, "bilstm": 2e-3}  # AdamW peak learning rate per head
 
 
 @dataclass
