@@ -367,22 +367,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--context-frames", type=int, default=0, help="neighbour frames added to each side of an item")
     t.add_argument("--seed", type=int, default=1, help="triple sampling")
     t.set_defaults(func=cmd_probe_abx)
+    from audiossl.probes.ctc import DEFAULT_LR, CTCSettings
+
+    ctc_defaults = CTCSettings()  # the CTC options' defaults are the settings' own
     ctc = argparse.ArgumentParser(add_help=False)
     ctc.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
     ctc.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
                      "every fifth utterance of each speaker is held out")
-    ctc.add_argument("--head", choices=["linear", "bilstm"], default="linear", help="CTC head on the frozen features")
-    ctc.add_argument("--hidden", type=int, default=128, help="BiLSTM units per direction")
-    ctc.add_argument("--lstm-layers", type=int, default=1, help="BiLSTM layers")
-    ctc.add_argument("--epochs", type=int, default=60, help="most passes over the training utterances")
-    ctc.add_argument("--patience", type=int, default=10,
+    ctc.add_argument("--head", choices=["linear", "bilstm"], default=ctc_defaults.head,
+                     help="CTC head on the frozen features")
+    ctc.add_argument("--hidden", type=int, default=ctc_defaults.hidden, help="BiLSTM units per direction")
+    ctc.add_argument("--lstm-layers", type=int, default=ctc_defaults.lstm_layers, help="BiLSTM layers")
+    ctc.add_argument("--epochs", type=int, default=ctc_defaults.epochs, help="most passes over the training utterances")
+    ctc.add_argument("--patience", type=int, default=ctc_defaults.patience,
                      help="stop after this many epochs without a lower held-out CTC loss (0: never)")
-    ctc.add_argument("--heldout-fraction", type=float, default=0.1,
+    ctc.add_argument("--heldout-fraction", type=float, default=ctc_defaults.heldout_fraction,
                      help="of the training utterances, held out to choose the epoch")
-    ctc.add_argument("--batch-size", type=int, default=32, help="utterances per step")
-    ctc.add_argument("--lr", type=float, help="AdamW peak learning rate (linear 3e-2, bilstm 2e-3)")
-    ctc.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    ctc.add_argument("--seed", type=int, default=1, help="held-out part, initialization and utterance order")
+    ctc.add_argument("--batch-size", type=int, default=ctc_defaults.batch_size, help="utterances per step")
+    ctc.add_argument("--lr", type=float, help="AdamW peak learning rate (default: "
+                     + ", ".join(f"{head} {lr:g}" for head, lr in DEFAULT_LR.items()) + ")")
+    ctc.add_argument("--weight-decay", type=float, default=ctc_defaults.weight_decay, help="AdamW weight decay")
+    ctc.add_argument("--seed", type=int, default=ctc_defaults.seed,
+                     help="held-out part, initialization and utterance order")
     t = tasks.add_parser("ctc-phone", parents=[shared, ctc], help="CTC phone recognition; phone error rate")
     t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt (collapsed to phone sequences)")
     t.add_argument("--phones", help="phone inventory (phones.txt); number of classes and the silence class SIL")

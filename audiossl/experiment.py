@@ -31,6 +31,7 @@ from audiossl.audio import read_audio
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.data.corpus import Utterance, load_corpus, read_manifest
 from audiossl.extract import FeatureError, FeatureSet
+from audiossl.probes.abx import CONDITIONS as ABX_CONDITIONS  # abx rows: {condition: error rate or None}
 
 __all__ = ["Labels", "LayerFeatures", "ProbeScore", "find_feature_folder", "find_labels", "find_training_folder",
            "load_utterances", "per_step_curves", "read_probe_scores", "read_scalars", "read_train_log"]
@@ -40,7 +41,6 @@ Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), both (points,)
 # Flat metrics.json keys (one score per file), in order of preference: (key, metric, lower is better).
 METRIC_KEYS = (("accuracy", "accuracy", False), ("per", "PER", True),
                ("abx_error", "ABX error", True), ("error_rate", "error", True), ("error", "error", True))
-ABX_CONDITIONS = ("within", "across")  # audiossl.probes.abx rows: {condition: error rate or None}
 
 
 @dataclasses.dataclass

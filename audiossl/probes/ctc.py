@@ -20,8 +20,9 @@ gradient norm clipped at 5. As for the linear probes, a seeded tenth of the
 training utterances is held out to choose the epoch (lowest held-out CTC
 loss; early stopping after ``patience`` epochs without a lower one). The
 loss, not the error rate, chooses: through CTC's early all-blank phase the
-error rate sits near 100 % or jumps about while the loss falls steadily. Decoding is greedy: the best class per frame, repeats
-collapsed, blanks dropped. Error rates are total edits (Levenshtein distance)
+error rate sits near 100 % or jumps about while the loss falls steadily.
+Decoding is greedy: the best class per frame, repeats collapsed, blanks
+dropped. Error rates are total edits (Levenshtein distance)
 over total reference length, on the test split.
 
 CTC can only emit ``U`` units with repeats ``R`` (equal neighbours need a
@@ -86,7 +87,7 @@ class CTCSettings:
     batch_size: int = 32  # utterances per step; an epoch takes half the CPU time of batch 8
     lr: float | None = None  # AdamW peak learning rate, cosine-decayed to 0; None: DEFAULT_LR of the head
     weight_decay: float = 0.0  # AdamW decoupled weight decay
-    patience: int = 10  # stop after this many epochs without a better held-out (error, loss); 0: never
+    patience: int = 10  # stop after this many epochs without a lower held-out loss; 0: never
     heldout_fraction: float = 0.1  # of the training utterances, held out to choose the epoch; 0: none
     seed: int = 1  # held-out utterances, initialization and utterance order
 
