@@ -5,6 +5,11 @@ The CPC encoder (van den Oord et al. 2018) is five convolutions with kernels
 output frame. CPC_audio pads them by 3, 2, 1, 1, 1 so that 20480 samples give
 exactly 128 frames, and normalizes each frame over channels (its
 ``ChannelNorm``, the default here); the paper used batch norm.
+
+Frames stay channels-last, ``(batch, frames, channels)``, from the first
+block to the last: each convolution is one matrix product (see
+:func:`strided_conv`) and the per-frame channel norm is a plain layer norm
+over the last dimension, so no block transposes or copies its activations.
 """
 
 from __future__ import annotations
@@ -12,30 +17,123 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from audiossl.models.frontends import length_mask
 
 
+class _ShiftedSum(torch.autograd.Function):
+    """``y[:, t] = sum_j taps[:, t + j, j]``, with a backward that writes its gradient in place.
+
+    (Autograd's own backward of the slices would fill a zero tensor of the
+    taps' size per slice and add them up.)
+    """
+
+    @staticmethod
+    def forward(ctx, taps: torch.Tensor, out_frames: int) -> torch.Tensor:  # taps: (B, rows, m, C)
+        ctx.rows = taps.shape[1]
+        y = taps[:, :out_frames, 0].clone()
+        for j in range(1, taps.shape[2]):
+            y += taps[:, j:j + out_frames, j]
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        batch, out_frames, channels = grad.shape
+        rows = ctx.rows
+        taps = rows - out_frames + 1
+        out = grad.new_empty(batch, rows, taps, channels)
+        for j in range(taps):
+            out[:, :j, j] = 0
+            out[:, j:j + out_frames, j] = grad
+            out[:, j + out_frames:, j] = 0
+        return out, None
+
+
+def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                 padding: int, method: str = "auto") -> torch.Tensor:
+    """``Conv1d`` on channels-last frames, computed as one matrix product.
+
+    A convolution with kernel ``k`` and stride ``s`` reads, for output frame
+    t, the input frames ``s t - padding .. s t - padding + k - 1``. Padded to
+    a whole number of strides, the input viewed as ``(batch, frames / s, s *
+    channels)`` is the same memory, and output frame t reads rows ``t .. t + m
+    - 1`` of that view, ``m = ceil(k / s)`` (the kernel padded with zero taps
+    to ``m s``): a stride-1 convolution of kernel ``m`` over the view. It is
+    computed one of two ways, both matrix products forward and backward,
+    where oneDNN's strided-conv backward ran at a third of matmul speed on
+    the CPU (docs/benchmarks.md has the per-layer table):
+
+    - ``im2col``: the ``m`` shifted views side by side (``m`` times the input)
+      times the ``(out, m s in)`` weight;
+    - ``taps``: the view times each tap's weight in one product, ``(rows, m
+      out)``, then the ``m`` tap outputs shifted and added (``m`` times the
+      output, no copy of the input).
+
+    ``auto`` takes ``taps`` when the view's rows are wider than the output's
+    (``s in > out``: every downsampling conv after the first) and ``im2col``
+    otherwise (the first layer, whose input has one channel).
+
+    Args:
+        x: (batch, frames, in_channels).
+        weight: (out_channels, in_channels, kernel), as ``nn.Conv1d`` holds it.
+
+    Returns:
+        (batch, (frames + 2 padding - kernel) // stride + 1, out_channels),
+        equal to ``F.conv1d`` on the transposed input.
+    """
+    batch, frames, channels = x.shape
+    out_channels, _, kernel = weight.shape
+    out_frames = (frames + 2 * padding - kernel) // stride + 1
+    if out_frames <= 0:
+        return x.new_zeros(batch, 0, out_channels)
+    m = -(-kernel // stride)
+    rows = out_frames + m - 1
+    # Right padding may be negative: input frames that no output reads are cut off.
+    x = F.pad(x, (0, 0, padding, rows * stride - frames - padding)).view(batch, rows, stride * channels)
+    taps = weight.transpose(1, 2)  # (out, kernel, in)
+    if m * stride != kernel:
+        taps = F.pad(taps, (0, 0, 0, m * stride - kernel))
+    taps = taps.reshape(out_channels, m, stride * channels)  # taps[:, j]: row j of the view
+    if method == "auto":
+        method = "taps" if m > 1 and stride * channels > out_channels else "im2col"
+    if method == "im2col":
+        cols = torch.cat([x[:, j:j + out_frames] for j in range(m)], dim=-1) if m > 1 else x
+        return F.linear(cols, taps.reshape(out_channels, -1), bias)
+    if method != "taps":
+        raise ValueError(f"unknown conv method {method!r}")
+    per_tap = F.linear(x, taps.transpose(0, 1).reshape(m * out_channels, -1))  # (B, rows, m * out)
+    y = _ShiftedSum.apply(per_tap.view(batch, rows, m, out_channels), out_frames)
+    return y if bias is None else y + bias
+
+
 class ChannelNorm(nn.Module):
     """Normalizes each frame over its channels, with a learned scale and shift.
 
-    Works on the encoder's (batch, channels, 1, frames) channels-last tensors,
-    whose memory is already (batch, 1, frames, channels): the permuted view is
-    contiguous, so the layer norm runs without a copy.
+    CPC_audio's ``ChannelNorm`` (it divides by the unbiased standard
+    deviation; this is a layer norm over the last dimension of channels-last
+    frames, so it needs no transpose).
     """
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
         self.norm = nn.LayerNorm(channels, eps=eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, 1, T)
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, C)
+        return self.norm(x)
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """Batch norm over every frame of the batch, on channels-last frames."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, C)
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return BatchNorm(channels)
     if kind == "channel":
         return ChannelNorm(channels)
     if kind == "none":
@@ -44,30 +142,34 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Module):
-    """Conv -> norm -> ReLU, with the output length computed from the input's.
-
-    The 1-D convolution is run as a (1, kernel) 2-D convolution on
-    channels-last tensors: on CPUs oneDNN's channels-last kernels make the
-    encoder's forward and backward about 1.5x faster than ``Conv1d`` plus
-    transposes for the norm (``audiossl bench``; docs/benchmarks.md).
-    """
+    """Conv -> norm -> ReLU, with the output length computed from the input's."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, norm: str):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, (1, kernel), (1, stride), (0, padding))
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, padding)  # holds weight and init
         self.norm = make_norm(norm, out_channels)
         self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before 0.2 hold the weight as a (out, in, 1, kernel) Conv2d's.
+        key = prefix + "conv.weight"
+        if key in state_dict and state_dict[key].dim() == 4:
+            state_dict[key] = state_dict[key].squeeze(2)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(lengths + 2 * self.padding - self.kernel, self.stride, rounding_mode="floor") + 1
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.relu(self.norm(self.conv(x)))  # (B, C, 1, T')
+        x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
+        x = torch.relu(self.norm(x))  # (B, T', C)
         lengths = self.output_lengths(lengths).clamp(min=0)
-        if bool((lengths < x.shape[-1]).any()):
-            # Zero the frames past each sequence's end: the next conv then sees
-            # the same zeros a per-utterance run pads with.
-            x = x * length_mask(lengths, x.shape[-1])[:, None, None, :]
+        # Zero the frames past each sequence's end: the next conv then sees the
+        # same zeros a per-utterance run pads with. On the CPU the test is free
+        # and full-length batches (every training window) skip the multiply;
+        # on an accelerator the multiply is cheaper than the sync the test costs.
+        if x.device.type != "cpu" or bool((lengths < x.shape[1]).any()):
+            x = x * length_mask(lengths, x.shape[1]).unsqueeze(-1)
         return x, lengths
 
 
@@ -103,9 +205,6 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, frames, in_dim) -> (batch, frames', out_dim)."""
-        if not self.blocks:
-            return x, lengths
-        x = x.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, 1, T)
         for block in self.blocks:
             x, lengths = block(x, lengths)
-        return x.permute(0, 2, 3, 1)[:, 0], lengths  # (B, T', C), contiguous
+        return x, lengths
