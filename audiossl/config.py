@@ -36,12 +36,13 @@ class DataConfig:
 class ModelConfig:
     frontend: str = "waveform"  # waveform | logmel
     n_mels: int = 80  # log-mel bins (frontend=logmel)
-    cmvn: bool = False  # per-utterance mean/variance normalization of log-mel features
+    cmvn: bool = False  # per-utterance mean/variance normalization of the input (log-mel bins or waveform samples)
     encoder_channels: int = 256  # conv channels (CPC paper 512, CPC_audio 256)
     encoder_kernels: list[int] = field(default_factory=lambda: [10, 8, 4, 4, 4])  # one per conv
     encoder_strides: list[int] = field(default_factory=lambda: [5, 4, 2, 2, 2])  # product = hop
     encoder_paddings: list[int] = field(default_factory=lambda: [3, 2, 1, 1, 1])  # CPC_audio's
     encoder_norm: str = "channel"  # batch (paper) | channel (per-frame, CPC_audio) | none
+    encoder_init: str = "default"  # default (PyTorch's) | filterbank (first conv: mel-spaced Gabor band-pass pairs)
     context: str = "gru"  # gru | lstm | transformer | none | npc (masked-conv blocks, NPC)
     context_dim: int = 256  # hidden size of the context network
     context_layers: int = 1  # recurrent or Transformer layers
@@ -59,6 +60,7 @@ class ObjectiveConfig:
     cpc_steps: int = 12  # prediction steps k = 1..K, one W_k each
     cpc_negatives: int = 128  # negatives per positive
     cpc_negative_policy: str = "batch"  # batch | sequence (same speaker: data sampler=same_speaker)
+    cpc_predictor: str = "bilinear"  # bilinear W_k per step (paper) | transformer (CPC_audio's default --rnnMode)
     cpc_score: str = "bilinear"  # bilinear z^T W_k c | cosine (cos(W_k c, z) / temperature)
     cpc_temperature: float = 0.1  # divides cosine scores
     cpc_loss: str = "infonce"  # infonce (softmax over candidates) | nce (binary logistic, wav2vec)
@@ -95,8 +97,11 @@ class TrainConfig:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig, "train": TrainConfig}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPC_audio's default: 256-channel encoder, channel norm, 1-layer GRU 256.
-    "cpc_audio": {},
+    # CPC_audio's defaults (Riviere et al. 2020): 256-channel encoder with channel norm, 1-layer LSTM 256
+    # (--arMode LSTM), a causal 1-layer Transformer predictor per step (--rnnMode transformer).
+    "cpc_audio": {"context": "lstm", "cpc_predictor": "transformer"},
+    # CPC_audio with --arMode GRU --rnnMode linear: GRU 256 and a bias-free linear W_k per step.
+    "cpc_audio_linear": {"context": "gru", "cpc_predictor": "bilinear"},
     # van den Oord et al. 2018: 512 channels, batch norm, GRU 256.
     "cpc_paper": {"encoder_channels": 512, "encoder_norm": "batch"},
     # A small model for tests and the demo recipe.
@@ -251,10 +256,19 @@ def validate(cfg: Config) -> None:
     _choice("sampler", d.sampler, ("uniform", "same_speaker"))
     _choice("frontend", m.frontend, ("waveform", "logmel"))
     _choice("encoder_norm", m.encoder_norm, ("batch", "channel", "none"))
+    _choice("encoder_init", m.encoder_init, ("default", "filterbank"))
+    if m.encoder_init == "filterbank" and (m.frontend != "waveform" or not m.encoder_kernels
+                                           or m.encoder_kernels[0] < 32):
+        raise ConfigError("encoder_init: filterbank needs frontend: waveform and a first conv kernel of at least "
+                          f"32 samples (got encoder_kernels={m.encoder_kernels})")
     _choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
     _choice("mpc_head", o.mpc_head, ("mlp", "linear"))
     _choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))
     _choice("cpc_score", o.cpc_score, ("bilinear", "cosine"))
+    _choice("cpc_predictor", o.cpc_predictor, ("bilinear", "transformer"))
+    if o.objective == "cpc" and o.cpc_predictor == "transformer" and m.context_dim != m.encoder_channels:
+        raise ConfigError(f"cpc_predictor: transformer needs context_dim == encoder_channels (CPC_audio's layout), "
+                          f"got {m.context_dim} and {m.encoder_channels}")
     _choice("cpc_loss", o.cpc_loss, ("infonce", "nce"))
     _choice("decay", t.decay, ("cosine", "linear", "constant"))
     if not (len(m.encoder_kernels) == len(m.encoder_strides) == len(m.encoder_paddings)):

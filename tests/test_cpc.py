@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from audiossl.config import build_config
+from audiossl.config import ConfigError, build_config
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
 from audiossl.objectives.cpc import CPCObjective
@@ -166,3 +166,43 @@ def test_too_few_frames_for_the_steps():
     objective = CPCObjective.from_config(cfg, model)
     with pytest.raises(ValueError, match="cpc_steps"):
         objective(model, {"wavs": torch.randn(2, 480), "lengths": torch.tensor([480, 480])})  # 3 frames
+
+
+def test_transformer_predictor_is_causal():
+    """Perturbing c after frame t leaves every step's prediction made at t unchanged (CPC_audio masks too)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(cpc_predictor="transformer")
+    model = build_model(cfg.model)
+    objective = build_objective(cfg, model).eval()
+    frames = int(model.output_lengths(torch.tensor([cfg.data.window_samples])))
+    c = torch.randn(2, frames, cfg.model.context_dim)
+    t = 6
+    perturbed = c.clone()
+    perturbed[:, t + 1:] += 5 * torch.randn_like(perturbed[:, t + 1:])
+    with torch.no_grad():
+        before = objective.predict(c).view(cfg.objective.cpc_steps, 2, -1, model.encoder_dim)
+        after = objective.predict(perturbed).view_as(before)
+    torch.testing.assert_close(before[:, :, :t + 1], after[:, :, :t + 1], atol=1e-5, rtol=0)
+    assert (before[:, :, t + 1:] - after[:, :, t + 1:]).abs().amax() > 1e-2
+
+
+def test_transformer_predictor_trains_and_refuses_other_sizes(one_thread):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(cpc_predictor="transformer")
+    model = build_model(cfg.model)
+    objective = build_objective(cfg, model)
+    params = list(model.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(30):
+        loss, _ = objective(model, toy_batch(generator, 8, cfg.data.window_samples))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    with pytest.raises(ValueError, match="positions"):
+        objective.predict(torch.randn(1, 30, cfg.model.context_dim))
+    with pytest.raises(ConfigError, match="context_dim == encoder_channels"):
+        tiny_cfg(cpc_predictor="transformer", context_dim=16)

@@ -51,6 +51,45 @@ def test_conv_encoder_lengths_match_computed(spec, num_samples):
     assert out.shape[1] == int(encoder.output_lengths(lengths)) == int(out_lengths)
 
 
+@pytest.mark.parametrize("num_samples", [855, 1000, 16001, 20480])
+def test_wide_first_kernel_keeps_the_cpc_frame_count(num_samples):
+    """A 400-tap first conv padded by 198 gives CPC_audio's frame count for every length."""
+    wide = tiny_model(encoder_init="filterbank", encoder_kernels=[400, 8, 4, 4, 4], encoder_paddings=[198, 2, 1, 1, 1])
+    default = tiny_model()
+    lengths = torch.tensor([num_samples])
+    z, frame_lengths = wide.encode(torch.randn(1, num_samples), lengths)
+    assert z.shape[1] == int(frame_lengths) == int(default.output_lengths(lengths))
+    assert wide.hop == 160 and wide.receptive_field == 855
+
+
+def test_filterbank_init_is_mel_spaced_band_pass():
+    from audiossl.models.encoders import mel_gabor_filterbank
+    filters = mel_gabor_filterbank(64, 400)[:, 0]
+    response = torch.fft.rfft(filters, n=8192).abs()
+    peaks = response.argmax(1).double() * 16000 / 8192
+    cosines = peaks[0::2]
+    assert cosines[0] < 150 and 7000 < cosines[-1] < 8000
+    assert bool((cosines[1:] > cosines[:-1]).all())  # increasing centres
+    assert bool((cosines[1:] - cosines[:-1]).diff().gt(-5).all())  # wider spacing up high (mel)
+    torch.testing.assert_close(filters.norm(dim=1), torch.ones(64, dtype=filters.dtype))
+    torch.testing.assert_close(peaks[0::2], peaks[1::2], atol=16000 / 8192 * 2, rtol=0)  # cosine/sine pairs
+    model = tiny_model(encoder_init="filterbank", encoder_kernels=[400, 8, 4, 4, 4], encoder_paddings=[198, 2, 1, 1, 1])
+    assert torch.equal(model.encoder.blocks[0].conv.weight[:, 0],
+                       mel_gabor_filterbank(model.encoder_dim, 400)[:, 0])
+    assert not model.encoder.blocks[0].conv.bias.any()
+
+
+def test_waveform_normalization_standardizes_each_utterance():
+    model = tiny_model(cmvn=True)
+    wavs = torch.randn(2, 4000) * torch.tensor([[0.01], [3.0]]) + 0.5
+    lengths = torch.tensor([4000, 2500])
+    out, _ = model.frontend(wavs, lengths)
+    first, second = out[0, :, 0], out[1, :2500, 0]
+    for x in (first, second):
+        assert abs(float(x.mean())) < 1e-4 and abs(float(x.std(unbiased=False)) - 1) < 1e-3
+    assert not out[1, 2500:].any()
+
+
 def test_identity_encoder():
     encoder = ConvEncoder(3, [])
     x = torch.randn(2, 10, 3)
@@ -79,6 +118,8 @@ PADDING_CASES = [
     {"context": "transformer", "encoder_norm": "channel", "context_layers": 2},
     {"context": "transformer", "encoder_norm": "none", "context_causal": False},
     {"context": "none", "encoder_norm": "channel"},
+    {"context": "gru", "cmvn": True, "encoder_init": "filterbank", "encoder_kernels": [400, 8, 4, 4, 4],
+     "encoder_paddings": [198, 2, 1, 1, 1]},
     {"context": "gru", "frontend": "logmel", "cmvn": True, "encoder_kernels": [3], "encoder_strides": [1],
      "encoder_paddings": [1]},
     {"context": "transformer", "frontend": "logmel", "encoder_kernels": [], "encoder_strides": [],

@@ -173,6 +173,39 @@ class ConvBlock(nn.Module):
         return x, lengths
 
 
+def mel_gabor_filterbank(channels: int, kernel: int, sample_rate: int = 16000, low_hz: float = 60.0,
+                         high_hz: float | None = None) -> torch.Tensor:
+    """Band-pass filters for a first conv: cosine and sine Gabor pairs at mel-spaced centres.
+
+    ``channels // 2`` centre frequencies are spaced evenly on the mel scale
+    from ``low_hz`` to ``high_hz`` (default 0.475 x the sample rate); each
+    filter's Gaussian envelope has a bandwidth (full width at half maximum)
+    of the mel spacing there, clipped to what ``kernel`` taps can hold, as
+    LEAF's Gabor initialization (Zeghidour et al. 2021) mimics a mel
+    filterbank. A pair (cosine, sine) lets later layers read the band's
+    envelope whatever the phase; an odd channel count gets one more cosine
+    filter. Each filter has unit L2 norm.
+
+    Returns:
+        (channels, 1, kernel) weights for ``nn.Conv1d(1, channels, kernel)``.
+    """
+    high_hz = 0.475 * sample_rate if high_hz is None else high_hz
+    pairs = (channels + 1) // 2
+    mel = torch.linspace(2595 * math.log10(1 + low_hz / 700), 2595 * math.log10(1 + high_hz / 700), pairs + 2,
+                         dtype=torch.float64)
+    hz = 700 * (10 ** (mel / 2595) - 1)
+    centre, bandwidth = hz[1:-1], (hz[2:] - hz[:-2]) / 2
+    sigma_t = 2 * math.log(2) ** 0.5 / (2 * math.pi * bandwidth) * sample_rate / 2 ** 0.5  # in samples
+    sigma_t = sigma_t.clamp(max=kernel / 6)  # +-3 sigma inside the kernel
+    t = torch.arange(kernel, dtype=torch.float64) - (kernel - 1) / 2
+    envelope = torch.exp(-0.5 * (t[None, :] / sigma_t[:, None]) ** 2)
+    phase = 2 * math.pi * centre[:, None] / sample_rate * t[None, :]
+    filters = torch.stack([envelope * torch.cos(phase), envelope * torch.sin(phase)], dim=1).reshape(-1, kernel)
+    filters = filters[:channels]
+    filters = filters / filters.norm(dim=1, keepdim=True)
+    return filters.unsqueeze(1).float()
+
+
 class ConvEncoder(nn.Module):
     """A stack of strided conv blocks; an empty spec is the identity.
 
@@ -181,15 +214,28 @@ class ConvEncoder(nn.Module):
         spec: one ``(channels, kernel, stride, padding)`` per block.
         norm: ``batch`` | ``channel`` | ``none``. Batch statistics include the
             padded frames of a batch; training windows are all full length.
+        init: ``default`` (PyTorch's) | ``filterbank``: the first conv starts
+            as :func:`mel_gabor_filterbank` with zero bias (waveform input).
+        sample_rate: of the waveform, for the filterbank's frequencies.
     """
 
-    def __init__(self, in_dim: int, spec: list[tuple[int, int, int, int]], norm: str = "channel"):
+    def __init__(self, in_dim: int, spec: list[tuple[int, int, int, int]], norm: str = "channel",
+                 init: str = "default", sample_rate: int = 16000):
         super().__init__()
         blocks, channels = [], in_dim
         for out_channels, kernel, stride, padding in spec:
             blocks.append(ConvBlock(channels, out_channels, kernel, stride, padding, norm))
             channels = out_channels
         self.blocks = nn.ModuleList(blocks)
+        if init == "filterbank":
+            first = blocks[0].conv
+            if first.in_channels != 1:
+                raise ValueError(f"a filterbank init needs one input channel, got {first.in_channels}")
+            with torch.no_grad():
+                first.weight.copy_(mel_gabor_filterbank(first.out_channels, first.kernel_size[0], sample_rate))
+                first.bias.zero_()
+        elif init != "default":
+            raise ValueError(f"unknown encoder init {init!r}")
         self.out_dim = channels
         self.hop = math.prod(s for _, _, s, _ in spec)
         self.receptive_field = 1

@@ -19,14 +19,31 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class WaveformFrontend(nn.Module):
-    """Passes samples through as a one-channel sequence (CPC, wav2vec)."""
+    """Passes samples through as a one-channel sequence (CPC, wav2vec).
+
+    Args:
+        normalize: standardize each waveform to zero mean and unit variance
+            over its valid samples, as wav2vec 2.0 does (``normalize: true``
+            in fairseq); a training window is standardized on its own, an
+            extracted utterance as a whole.
+    """
 
     hop = 1
     receptive_field = 1
     out_dim = 1
 
+    def __init__(self, normalize: bool = False):
+        super().__init__()
+        self.normalize = normalize
+
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        wavs = wavs * length_mask(lengths, wavs.shape[1])
+        mask = length_mask(lengths, wavs.shape[1])
+        wavs = wavs * mask
+        if self.normalize:
+            count = lengths.clamp(min=1).unsqueeze(1).to(wavs.dtype)
+            mean = wavs.sum(1, keepdim=True) / count
+            var = (((wavs - mean) * mask) ** 2).sum(1, keepdim=True) / count
+            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * mask
         return wavs.unsqueeze(-1), lengths  # (B, T, 1)
 
 
@@ -76,7 +93,7 @@ class LogMelFrontend(nn.Module):
 
 def build_frontend(name: str, sample_rate: int, n_mels: int, cmvn: bool) -> nn.Module:
     if name == "waveform":
-        return WaveformFrontend()
+        return WaveformFrontend(normalize=cmvn)
     if name == "logmel":
         return LogMelFrontend(sample_rate, n_mels, cmvn)
     raise ValueError(f"unknown frontend {name!r}")
