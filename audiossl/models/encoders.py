@@ -65,11 +65,12 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     where oneDNN's strided-conv backward ran at a third of matmul speed on
     the CPU (docs/benchmarks.md has the per-layer table):
 
-    - ``im2col``: the ``m`` shifted views side by side (``m`` times the input)
-      times the ``(out, m s in)`` weight;
-    - ``taps``: the view times each tap's weight in one product, ``(rows, m
+    - ``taps``: the view times every tap's weight in one product, ``(rows, m
       out)``, then the ``m`` tap outputs shifted and added (``m`` times the
-      output, no copy of the input).
+      output, no copy of the input);
+    - ``im2col``: each output frame's ``k`` input frames side by side (an
+      ``unfold`` of the padded input, ``k / s`` times its size, copied once)
+      times the ``(out, in k)`` weight.
 
     ``auto`` takes ``taps`` when the view's rows are wider than the output's
     (``s in > out``: every downsampling conv after the first) and ``im2col``
@@ -91,19 +92,21 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     m = -(-kernel // stride)
     rows = out_frames + m - 1
     # Right padding may be negative: input frames that no output reads are cut off.
-    x = F.pad(x, (0, 0, padding, rows * stride - frames - padding)).view(batch, rows, stride * channels)
-    taps = weight.transpose(1, 2)  # (out, kernel, in)
-    if m * stride != kernel:
-        taps = F.pad(taps, (0, 0, 0, m * stride - kernel))
-    taps = taps.reshape(out_channels, m, stride * channels)  # taps[:, j]: row j of the view
+    x = F.pad(x, (0, 0, padding, rows * stride - frames - padding))  # (B, rows * s, C)
     if method == "auto":
         method = "taps" if m > 1 and stride * channels > out_channels else "im2col"
     if method == "im2col":
-        cols = torch.cat([x[:, j:j + out_frames] for j in range(m)], dim=-1) if m > 1 else x
-        return F.linear(cols, taps.reshape(out_channels, -1), bias)
+        # Each output frame's k input frames, (B, out, C, k) as a view, copied once into the matrix.
+        cols = x.unfold(1, kernel, stride).reshape(batch, out_frames, channels * kernel)
+        return F.linear(cols, weight.reshape(out_channels, -1), bias)
     if method != "taps":
         raise ValueError(f"unknown conv method {method!r}")
-    per_tap = F.linear(x, taps.transpose(0, 1).reshape(m * out_channels, -1))  # (B, rows, m * out)
+    taps = weight.transpose(1, 2)  # (out, kernel, in)
+    if m * stride != kernel:
+        taps = F.pad(taps, (0, 0, 0, m * stride - kernel))
+    taps = taps.reshape(out_channels, m, stride * channels)  # taps[:, j] reads row t + j of the view
+    per_tap = F.linear(x.view(batch, rows, stride * channels),
+                       taps.transpose(0, 1).reshape(m * out_channels, -1))  # (B, rows, m * out)
     y = _ShiftedSum.apply(per_tap.view(batch, rows, m, out_channels), out_frames)
     return y if bias is None else y + bias
 
