@@ -15,8 +15,9 @@ modification time of the file each array came from, and an array whose audio
 changed since is made again; the run prints how many arrays it reused, added
 and redid. A file that fails to decode (deleted or truncated since the scan)
 is named on stderr and left out of the index; the run goes on and a later run
-retries it. The run holds ``OUT/.lock`` (:mod:`audiossl.lock`), so it can
-remove the temporary files a killed run left, and it never writes through a
+retries it. The run holds ``OUT/.lock`` (:mod:`audiossl.lock`; a second
+extraction into the folder waits for it), so it can remove the temporary files
+a killed run left, and it never writes through a
 folder symlink that leads out of ``OUT``.
 
 Utterances are batched by length, at most ``batch_size`` of them and at most
@@ -312,7 +313,7 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
         _check_chunkable(model, list(layers.values()))
 
     out_dir, source = Path(out_dir), source or {}
-    with FolderLock(out_dir, "audiossl extract"):
+    with FolderLock(out_dir, "audiossl extract", wait=True):  # a concurrent extraction finishes first
         return _extract(model, utterances, out_dir, layers, source, relative, file_format, batch_size,
                         batch_seconds, chunk_frames, dtype, device, num_workers, progress)
 

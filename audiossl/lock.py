@@ -3,7 +3,9 @@
 ``audiossl train`` holds ``EXP_DIR/.lock`` and ``audiossl extract`` holds
 ``OUT/.lock`` for as long as they run: ``fcntl.flock`` on the file, with the
 holder's pid, host and start time written inside, so a refused second launch
-says who holds the folder. The kernel drops the lock when the holder exits,
+says who holds the folder. A second training run is refused; a second
+extraction into the same folder (two probes sharing a features folder) waits
+for the first and then reuses what it wrote. The kernel drops the lock when the holder exits,
 however it exits (``kill -9`` included), so a stale lock never blocks a
 re-run.
 
@@ -39,12 +41,16 @@ class FolderLocked(RuntimeError):
 class FolderLock:
     """``with FolderLock(folder, "audiossl train"):`` holds ``folder/.lock`` exclusively.
 
+    Args:
+        wait: when another process holds the lock, wait for it (saying so)
+            instead of raising.
+
     Raises:
-        FolderLocked: at entry, when another process holds the lock.
+        FolderLocked: at entry, when another process holds the lock (and not ``wait``).
     """
 
-    def __init__(self, folder: str | Path, command: str):
-        self.folder, self.command = Path(folder), command
+    def __init__(self, folder: str | Path, command: str, wait: bool = False):
+        self.folder, self.command, self.wait = Path(folder), command, wait
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
 
@@ -62,6 +68,10 @@ class FolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES) and self.wait:
+                print(f"waiting for {self.folder}: in use by {self.holder()}", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return self._hold(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
                 raise FolderLocked(f"{self.folder} is in use by {self.holder()}; wait for that run to end, "
@@ -70,6 +80,9 @@ class FolderLock:
             print(f"warning: cannot lock {self.path} ({os.strerror(e.errno)}); make sure no other run uses "
                   f"{self.folder}", file=sys.stderr)
             return self
+        return self._hold(fd)
+
+    def _hold(self, fd: int) -> "FolderLock":
         stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         os.ftruncate(fd, 0)
         os.write(fd, f"{self.command} (pid {os.getpid()} on {socket.gethostname()}, since {stamp})\n".encode())

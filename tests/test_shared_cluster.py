@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,18 @@ def test_a_second_run_on_a_held_folder_is_refused_and_touches_nothing(tiny_corpu
     assert main(train_args(tiny_corpus, exp, {**tiny_overrides, "max_steps": 1})) == 0
     assert not live_tmp.exists() and (exp / "checkpoint.pt").is_file()
     assert (exp / ".lock").read_text() == ""  # released: no holder named
+
+
+def test_a_second_extraction_into_a_held_folder_waits_then_reuses(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "features"
+    args = ["extract", "--baseline", "mfcc", "--data", str(tiny_corpus), "--out", str(out), "--num-workers", "0",
+            "--device", "cpu", "--no-progress"]
+    lock = FolderLock(out, "audiossl extract").__enter__()
+    threading.Timer(0.5, lock.__exit__, (None, None, None)).start()  # the other extraction ends
+    began = time.monotonic()
+    assert main(args) == 0
+    assert time.monotonic() - began >= 0.5
+    assert f"waiting for {out}: in use by audiossl extract (pid {os.getpid()}" in capsys.readouterr().err
 
 
 # --- item 8: a full disk -----------------------------------------------------------------
