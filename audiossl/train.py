@@ -19,6 +19,13 @@ A killed run resumes from its last checkpoint with the same optimizer,
 scheduler, data position and RNG states, and ``train_log.tsv`` (step, loss,
 lr; one line per step, cut back to the checkpoint on resume) then reads as if
 the run had never stopped.
+
+On shared clusters: the run holds ``EXP_DIR/.lock`` (:mod:`audiossl.lock`);
+SIGTERM, SIGINT, SIGUSR1 and the time budget stop it after the current step
+with a checkpoint (:mod:`audiossl.stopping`, which also lists the exit
+codes); what a resume may change and what it refuses is :mod:`audiossl.resume`;
+a corpus none of whose files can be opened is refused before training, and
+``MAX_UNREADABLE_BATCHES`` batches in a row without a readable window stop it.
 """
 
 from __future__ import annotations
