@@ -4,13 +4,15 @@ A checkpoint is a dict of plain values and tensors: the full config, the
 versions that wrote it, the step and the data position, the model, objective,
 optimizer and scheduler states, and the RNG states. It is written to a
 temporary file beside the target, flushed to disk and renamed, so a crash
-leaves the previous checkpoint intact. It is read with
-``torch.load(weights_only=True)``: loading never runs code.
+leaves the previous checkpoint intact (and a full disk says so in one line,
+see :mod:`audiossl.atomic`). It is read with
+``torch.load(weights_only=True)``: loading never runs code. States are loaded
+into modules by :func:`load_state`, which names the first tensor whose shape
+differs instead of torch's ``size mismatch`` traceback.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from audiossl import __version__
+from audiossl.atomic import atomic_write
 from audiossl.config import Config
 from audiossl.models.model import SSLModel, build_model
 
@@ -29,19 +32,13 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save to ``path`` via a temporary file, fsync and a rename.
+
+    Raises:
+        DiskFullError: ``no space left on device writing <path>; the previous
+            checkpoint is intact``.
+    """
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True, what="checkpoint")
 
 
 def rng_state() -> dict:
@@ -68,6 +65,41 @@ def _first_sentence(e: Exception) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def _unpickler_complaint(e: Exception) -> str:
+    """The line of torch's weights-only message that says what the unpickler met."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line]
+    return after[0] if after else "not a pickle"
+
+
+def load_state(target: Any, state: dict, path: str | Path, what: str) -> None:
+    """``target.load_state_dict(state)``, a mismatch reported in one line naming ``path``.
+
+    Args:
+        target: a module or an optimizer.
+        what: names the part (``model``, ``objective``, ``optimizer``).
+
+    Raises:
+        CheckpointError: naming the first tensor of another shape, or the
+            missing and unexpected keys.
+    """
+    if isinstance(target, torch.nn.Module):
+        own = target.state_dict()
+        for key, tensor in state.items():
+            if key in own and torch.is_tensor(tensor) and tensor.shape != own[key].shape:
+                raise CheckpointError(f"{path}: {what} tensor {key!r} has shape {tuple(tensor.shape)}, this "
+                                      f"{what} needs {tuple(own[key].shape)}; the checkpoint is of another "
+                                      "architecture")
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: the {what} state does not fit (missing {missing[:3]}, unexpected "
+                                  f"{unexpected[:3]}); the checkpoint is of another architecture")
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot load the {what} state ({_first_sentence(e)})") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint as data; anything that would run code is refused."""
     path = Path(path)
@@ -80,7 +112,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"{path}: cannot read checkpoint ({_first_sentence(e)})") from None
         # torch's message suggests allowlisting the global; for a checkpoint that is never right.
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        detail = f"it names {found.group(1)}" if found else "it holds more than tensors and plain values"
+        if found is None:  # random bytes, a text file: the unpickler choked, no code was asked for
+            raise CheckpointError(f"{path}: cannot read checkpoint, truncated or not a checkpoint "
+                                  f"({_unpickler_complaint(e)})") from None
+        detail = f"it names {found.group(1)}"
         raise CheckpointError(f"{path}: refused: loading it would need to run code ({detail}); "
                               "checkpoints are loaded as data only") from None
     except Exception as e:  # a bad zip (RuntimeError), an empty file (EOFError), garbage (KeyError)...
@@ -103,6 +138,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SSLModel
     except ValueError as e:
         raise CheckpointError(f"{path}: its config does not fit this version of audiossl ({e})") from None
     model = build_model(cfg.model, cfg.data.sample_rate)
-    model.load_state_dict(ckpt["model"])
+    load_state(model, ckpt["model"], path, "model")
     model.config = cfg
     return model.to(device).eval()

@@ -1,23 +1,36 @@
-"""``audiossl <command>``: thin handlers that parse, build a config, call the library."""
+"""``audiossl <command>``: thin handlers that parse, build a config, call the library.
+
+Exit codes: 0 done; 1 the run failed (``audiossl train``: non-finite losses,
+unreadable data mid-run; any command: the disk filled up); 2 a user error,
+found before any work; 3 and 4 ``audiossl train`` stopped early with a
+checkpoint, by its time budget or by a signal (see :mod:`audiossl.stopping`);
+130 interrupted (Ctrl-C twice during training, once elsewhere).
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import sys
 
 import yaml
 
+from audiossl.atomic import DiskFullError
 from audiossl.audio import AudioError
 from audiossl.checkpoint import CheckpointError
 from audiossl.config import ConfigError, build_config, parse_overrides
 from audiossl.data.corpus import CorpusError
 from audiossl.extract import FeatureError
+from audiossl.lock import FolderLocked
 from audiossl.probes import BASELINES, ProbeError
+from audiossl.resume import ResumeError
+from audiossl.stopping import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
 # Errors that are the user's to fix: one line, no traceback.
-USER_ERRORS = (ConfigError, CorpusError, AudioError, CheckpointError, FeatureError, ProbeError, FileNotFoundError)
+USER_ERRORS = (ConfigError, CorpusError, AudioError, CheckpointError, FeatureError, ProbeError, FileNotFoundError,
+               ResumeError, FolderLocked)
 
 
 def _config_from(args: argparse.Namespace):
@@ -58,11 +71,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(cfg, args.data, args.exp_dir, progress=not args.no_progress, strict=args.strict)
     except TrainingError as e:
         print(f"audiossl train: error: {e}", file=sys.stderr)
-        return 1
-    if os.environ.get("RANK", "0") == "0":
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"audiossl train: interrupted twice: stopped at once, without saving (the last checkpoint is in "
+              f"{args.exp_dir})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if os.environ.get("RANK", "0") == "0" and summary["stopped"] is None:
         metrics = {k: round(v, 4) for k, v in summary["metrics"].items() if "_k" not in k}
         print(f"done at step {summary['step']}: {json.dumps(metrics)}; checkpoint {summary['checkpoint']}")
-    return 0
+    return EXIT_CODES[summary["stopped"]]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -89,6 +106,16 @@ def _device(spec: str):
         raise ConfigError(str(e)) from None
 
 
+def _layers(args: argparse.Namespace) -> list[str]:
+    """``--layer`` (default: context); refused with ``--baseline``, whose one layer is named after it."""
+    if args.layers is None:
+        return ["context"]
+    if getattr(args, "baseline", None):
+        raise ConfigError(f"--layer {','.join(args.layers)} is for --ckpt or --features; --baseline "
+                          f"{args.baseline} has one layer, named {args.baseline}")
+    return args.layers
+
+
 def _names(text: str) -> list[str]:
     """``"a,b"`` -> ``["a", "b"]``; ``"none"`` -> ``[]``."""
     return [] if text == "none" else [name for name in text.split(",") if name]
@@ -100,7 +127,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from audiossl.extract import extract, open_source, select_utterances
 
     device = _device(args.device)
-    model, layers, source = open_source(args.ckpt, args.baseline, args.layers, device, args.sample_rate)
+    model, layers, source = open_source(args.ckpt, args.baseline, _layers(args), device, args.sample_rate)
     if args.ckpt:
         _print_config(model.config)
     else:
@@ -113,6 +140,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
           f"on {device} into {args.out} ({args.format})")
     sets = extract(model, utterances, args.out, layers, source, root=args.data if Path(args.data).is_dir() else None,
                    file_format=args.format, batch_size=args.batch_size, chunk_seconds=args.chunk_seconds,
+                   batch_seconds=args.batch_seconds,
                    dtype=args.dtype, device=device, num_workers=args.num_workers, progress=not args.no_progress)
     for features in sets.values():
         frames = sum(features.num_frames.values())
@@ -143,7 +171,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     device = _device(args.device)
     print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
           f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
-    with probe_features(args.out, args.features, args.ckpt, args.baseline, args.layers, args.data,
+    with probe_features(args.out, args.features, args.ckpt, args.baseline, _layers(args), args.data,
                         [s for s in (args.train_split, args.test_split) if s], device, args.num_workers,
                         not args.no_progress) as (features_dir, layers):
         common = {"layers": layers, "baselines": baselines, "data": args.data if args.features else None,
@@ -181,7 +209,7 @@ def cmd_probe_abx(args: argparse.Namespace) -> int:
     baselines, device = _floors(args), _device(args.device)
     print(f"# abx on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
           f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
-    with probe_features(args.out, args.features, args.ckpt, args.baseline, args.layers, args.data,
+    with probe_features(args.out, args.features, args.ckpt, args.baseline, _layers(args), args.data,
                         [args.split] if args.split else [], device, args.num_workers,
                         not args.no_progress) as (features_dir, layers):
         report = abx_probe(features_dir, args.alignments, layers, baselines,
@@ -214,7 +242,7 @@ def cmd_probe_ctc(args: argparse.Namespace) -> int:
           f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
     with contextlib.ExitStack() as stack:
         features_dir, layers = stack.enter_context(probe_features(
-            args.out, args.features, args.ckpt, args.baseline, args.layers, args.data,
+            args.out, args.features, args.ckpt, args.baseline, _layers(args), args.data,
             [s for s in (args.train_split, args.test_split) if s], device, args.num_workers, not args.no_progress))
         common = {"baselines": baselines, "data": args.data if args.features else None,
                   "train_split": args.train_split, "test_split": args.test_split, "settings": settings,
@@ -292,14 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--baseline", choices=sorted(BASELINES), help="hand-made features instead of a model")
     p.add_argument("--data", required=True, help="corpus folder or manifest TSV; the output tree mirrors its paths")
     p.add_argument("--out", required=True, help="output folder, one sub-folder per layer")
-    p.add_argument("--layer", "--layers", dest="layers", type=_names, default=["context"],
+    p.add_argument("--layer", "--layers", dest="layers", type=_names, default=None,
                    help="with --ckpt, comma-separated: encoder, context (the last layer), context_1, ... "
                    "(default: context)")
     p.add_argument("--format", choices=["npy", "npz"], default="npy",
                    help="one .npy per utterance, or a compressed .npz holding the array as 'features'")
     p.add_argument("--ids", action="append", metavar="FILE",
                    help="only the utterances listed (one id per line; repeatable, e.g. train and test splits)")
-    p.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass")
+    p.add_argument("--batch-size", type=int, default=8, help="most utterances per forward pass")
+    p.add_argument("--batch-seconds", type=float, default=160.0,
+                   help="most padded audio per forward pass (utterances x the longest); longer files go alone")
     p.add_argument("--chunk-seconds", type=float, default=0.0,
                    help="encode long files this many seconds at a time, same result (0: whole files)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="arrays on disk")
@@ -322,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="probe a hand-made feature of --data (cached in OUT/features)")
     shared.add_argument("--data", help="corpus folder or manifest: required with --ckpt and --baseline; with "
                         "--features, where the floors' audio is read (default: the audio the features came from)")
-    shared.add_argument("--layer", "--layers", dest="layers", type=_names, default=["context"],
+    shared.add_argument("--layer", "--layers", dest="layers", type=_names, default=None,
                         help="with --features or --ckpt, comma-separated layers to probe (default: context)")
     shared.add_argument("--baselines", type=_names, default=None,
                         help="hand-made floors probed beside the main source (default: mfcc,logmel; with "
@@ -418,13 +448,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, taking ``key=value`` overrides wherever they stand among the options."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = [item for item in rest if "=" in item and not item.startswith("-")]
+    unknown = [item for item in rest if item not in overrides]
+    if overrides and not hasattr(args, "overrides"):
+        unknown = rest
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = args.overrides + overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return args.func(args)
     except USER_ERRORS as e:
         print(f"audiossl {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except DiskFullError as e:
+        print(f"audiossl {args.command}: error: {e.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"audiossl {args.command}: error: {e.strerror.lower()}{where}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"audiossl {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

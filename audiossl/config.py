@@ -163,8 +163,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     if origin is list:
         (item_type,) = typing.get_args(typ)
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split()]
+        if isinstance(value, str):  # "2,1", "2 1", "[2,1]", "[2, 1]"; "[]" is the empty list
+            text = value.strip()
+            if text.startswith("[") and text.endswith("]"):
+                text = text[1:-1]
+            value = text.replace(",", " ").split()
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
         return [_coerce(key, v, item_type) for v in value]

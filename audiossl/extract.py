@@ -9,15 +9,25 @@ hand-made baselines are ``mfcc`` and ``logmel``), each a :class:`FeatureSet`
 the probes read. Every file is written atomically and ``index.tsv`` last, so
 an interrupted run leaves no half-written array and a second run skips what is
 already there (a folder made from another checkpoint or with other settings is
-refused, never mixed). A file that fails to decode (deleted or truncated since
-the scan) is named on stderr and left out of the index; the run goes on and a
-later run retries it.
+refused, never mixed). "Already there" means an array made from the audio file
+as it is now: ``sources.tsv`` in each layer folder records the size and
+modification time of the file each array came from, and an array whose audio
+changed since is made again; the run prints how many arrays it reused, added
+and redid. A file that fails to decode (deleted or truncated since the scan)
+is named on stderr and left out of the index; the run goes on and a later run
+retries it. The run holds ``OUT/.lock`` (:mod:`audiossl.lock`; a second
+extraction into the folder waits for it), so it can remove the temporary files
+a killed run left, and it never writes through a
+folder symlink that leads out of ``OUT``.
 
-Utterances are batched by length; a padded batch gives the features of
-per-utterance runs. Long files can be cut into chunks of ``chunk_seconds``:
-each chunk is encoded with a margin of the receptive field on both sides and
-the recurrent state is carried from chunk to chunk, so the result equals one
-pass over the file while memory stays bounded. Transformer contexts and
+Utterances are batched by length, at most ``batch_size`` of them and at most
+``batch_seconds`` of padded audio per forward pass, so a long file goes alone
+instead of padding its neighbours to its length; a padded batch gives the
+features of per-utterance runs. Long files can be cut into chunks of
+``chunk_seconds``: each chunk is encoded with a margin of the receptive field
+on both sides and the recurrent state is carried from chunk to chunk, so the
+result equals one pass over the file while the model's memory stays bounded
+(the audio and the features of the file itself remain). Transformer contexts and
 per-utterance CMVN need whole utterances and refuse chunking. The progress bar
 shows the real-time factor: seconds of audio processed per wall-clock second.
 
@@ -36,18 +46,21 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from audiossl.atomic import remove_stale_temps
 from audiossl.audio import AudioError, read_audio
 from audiossl.data.alignments import load_split
 from audiossl.data.corpus import Utterance, load_corpus, write_manifest
-from audiossl.features import (FORMATS, INDEX, INDEX_COLUMNS, META, NPZ_KEY, UTTERANCES, VERSION, FeatureError,
-                               FeatureSet, atomic_write, feature_path, relative_paths, source_label, stored_frames)
+from audiossl.features import (FORMATS, INDEX, INDEX_COLUMNS, META, NPZ_KEY, SOURCES, UTTERANCES, VERSION,
+                               FeatureError, FeatureSet, atomic_write, audio_stamp, feature_path, read_sources,
+                               relative_paths, source_label, stored_frames)
+from audiossl.lock import FolderLock
 from audiossl.models.context import NoContext, RecurrentContext
 from audiossl.models.model import SSLModel
 
@@ -204,6 +217,33 @@ def forward_chunked(model: SSLModel, wavs: torch.Tensor, lengths: torch.Tensor, 
     return {name: torch.cat(chunks, dim=1) for name, chunks in pieces.items()}, frame_lengths
 
 
+def length_batches(seconds: Sequence[float], batch_size: int, batch_seconds: float) -> list[list[int]]:
+    """Indices of ``seconds`` (sorted longest first) cut into batches of at most ``batch_size`` items
+    and at most ``batch_seconds`` of padded audio (items x the longest); a longer item goes alone."""
+    batches: list[list[int]] = []
+    for index, length in enumerate(seconds):
+        if batches and len(batches[-1]) < batch_size and \
+                (len(batches[-1]) + 1) * seconds[batches[-1][0]] <= batch_seconds:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def _check_inside(out_dir: Path, folders: Mapping[str, Path], relative: Mapping[str, Path]) -> None:
+    """Refuse a folder symlink (a layer folder, or one of the tree below it) that leads out of ``out_dir``."""
+    top = out_dir.resolve()
+    for folder in folders.values():
+        inside = folder.resolve()
+        if not inside.is_relative_to(top):
+            raise FeatureError(f"{folder} leads to {inside}, outside {out_dir}; refused (remove the link)")
+        for parent in sorted({r.parent for r in relative.values()}):
+            where = (folder / parent).resolve()
+            if not where.is_relative_to(inside):
+                raise FeatureError(f"{folder / parent} leads to {where}, outside {folder}; refused "
+                                   "(remove the link)")
+
+
 def _prepare_folder(folder: Path, meta: dict) -> None:
     """Refuse a folder made by something else; start this run's bookkeeping."""
     meta_path = folder / META
@@ -222,7 +262,7 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
             layers: Mapping[str, str] | Sequence[str] = ("context",), source: dict | None = None, *,
             root: str | Path | None = None, file_format: str = "npy", batch_size: int = 8,
             chunk_seconds: float = 0.0, dtype: str = "float32", device: str | torch.device = "cpu",
-            num_workers: int = 0, progress: bool = True) -> dict[str, FeatureSet]:
+            num_workers: int = 0, progress: bool = True, batch_seconds: float = 160.0) -> dict[str, FeatureSet]:
     """Write the features of ``utterances`` to ``out_dir``, one folder per layer.
 
     Args:
@@ -237,8 +277,10 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
         root: the corpus folder the output tree mirrors; None: the common
             parent folder of the audio files.
         file_format: ``npy`` or ``npz`` (compressed).
-        batch_size: utterances per forward pass (sorted by length).
+        batch_size: most utterances per forward pass (sorted by length).
         chunk_seconds: longest stretch of audio encoded at once; 0: whole files.
+        batch_seconds: most padded audio per forward pass (utterances x the
+            longest of them); a longer file is encoded alone.
         dtype: ``float32`` or ``float16`` arrays on disk.
         device: where the model runs.
         num_workers: DataLoader processes decoding audio.
@@ -250,9 +292,9 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
     if dtype not in DTYPES or file_format not in FORMATS:
         raise FeatureError(f"dtype {dtype!r} and format {file_format!r} must be one of {', '.join(DTYPES)} "
                            f"and one of {', '.join(FORMATS)}")
-    if batch_size <= 0 or chunk_seconds < 0:
-        raise FeatureError(f"batch_size must be positive and chunk_seconds non-negative, "
-                           f"got {batch_size} and {chunk_seconds}")
+    if batch_size <= 0 or chunk_seconds < 0 or batch_seconds <= 0:
+        raise FeatureError(f"batch_size and batch_seconds must be positive and chunk_seconds non-negative, "
+                           f"got {batch_size}, {batch_seconds} and {chunk_seconds}")
     if not utterances:
         raise FeatureError("no utterances to extract")
     layers = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
@@ -271,22 +313,43 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
         _check_chunkable(model, list(layers.values()))
 
     out_dir, source = Path(out_dir), source or {}
+    with FolderLock(out_dir, "audiossl extract", wait=True):  # a concurrent extraction finishes first
+        return _extract(model, utterances, out_dir, layers, source, relative, file_format, batch_size,
+                        batch_seconds, chunk_frames, dtype, device, num_workers, progress)
+
+
+def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers: dict[str, str], source: dict,
+             relative: dict[str, PurePath], file_format: str, batch_size: int, batch_seconds: float,
+             chunk_frames: int, dtype: str, device: torch.device, num_workers: int,
+             progress: bool) -> dict[str, FeatureSet]:
     folders = {name: out_dir / name for name in layers}
+    _check_inside(out_dir, folders, relative)
     dims = {name: model.encoder_dim if layer == "encoder" else model.context_dim for name, layer in layers.items()}
+    for folder in folders.values():  # a killed run's temporary files; the lock keeps out live writers
+        remove_stale_temps(folder, recursive=True, owner_may_live=False)
     for name, layer in layers.items():
         _prepare_folder(folders[name], {
             "version": VERSION, "layer": layer, "source": source, "dim": dims[name], "frame_rate": model.frame_rate,
             "hop": model.hop, "sample_rate": model.sample_rate, "dtype": dtype, "format": file_format,
         })
 
-    # Resume: an utterance is done when every layer's array is readable.
+    # Resume: an utterance is done when every layer's array is readable and made from the audio as it is now.
+    recorded = {name: read_sources(folder) for name, folder in folders.items()}
     num_frames: dict[str, int] = {}
+    stamps: dict[str, str] = {}
+    redone: list[str] = []
     for u in utterances:
+        stamps[u.id] = audio_stamp(u.path)
         stored = {stored_frames(folder / relative[u.id]) for folder in folders.values()}
-        if len(stored) == 1 and None not in stored:
+        fresh = all(recorded[name].get(u.id) == stamps[u.id] for name in folders)
+        if len(stored) == 1 and None not in stored and fresh:
             num_frames[u.id] = stored.pop()
+        elif stored != {None}:
+            redone.append(u.id)
+    reused = len(num_frames)
     pending = sorted((u for u in utterances if u.id not in num_frames), key=lambda u: -u.num_samples / u.sample_rate)
-    batches = [list(range(i, min(i + batch_size, len(pending)))) for i in range(0, len(pending), batch_size)]
+    batches = length_batches([u.num_samples / u.sample_rate for u in pending], batch_size, batch_seconds)
+    journals = {name: open(folder / SOURCES, "a") for name, folder in folders.items()}
     loader = DataLoader(_AudioFiles(pending, model.sample_rate), batch_sampler=batches, collate_fn=_collate,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=len(utterances), initial=len(num_frames), desc=f"extract {out_dir.name}", unit="utt",
@@ -307,12 +370,19 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
                     save = ((lambda f: np.savez_compressed(f, **{NPZ_KEY: array})) if file_format == "npz"
                             else (lambda f: np.save(f, array)))
                     atomic_write(feature_path(folder, relative[utt.id], utt.id), save)
+                    journals[name].write(f"{utt.id}\t{stamps[utt.id]}\n")
+                    journals[name].flush()
                 num_frames[utt.id] = frames
             audio_seconds += float(lengths.sum()) / model.sample_rate
         bar.update(len(indices) + len(failures))
         # Real-time factor: seconds of audio per wall-clock second.
         bar.set_postfix_str(f"{audio_seconds / max(time.perf_counter() - began, 1e-9):.1f}x real time")
     bar.close()
+    for journal in journals.values():
+        journal.close()
+    added = len(num_frames) - reused - sum(u in num_frames for u in redone)
+    print(f"{out_dir}: {reused} array set(s) reused, {added} added, {sum(u in num_frames for u in redone)} redone"
+          + (f" (audio changed since, or no record of it: e.g. {', '.join(redone[:3])})" if redone else ""))
 
     done = [u for u in utterances if u.id in num_frames]
     if not done:

@@ -10,6 +10,8 @@ Layout of an extraction folder ``OUT``::
     OUT/<layer>/utterances.tsv  the utterances extracted (a manifest, see data.corpus)
     OUT/<layer>/index.tsv       id  path  frames  dim  frame_rate_hz  layer  checkpoint,
                                 one line per utterance, written last
+    OUT/<layer>/sources.tsv     id  <size>:<mtime_ns> of the audio file an array was made from,
+                                appended as each array is written (the last line of an id counts)
 
 ``path`` in the index is relative to the layer folder; ``checkpoint`` is the
 checkpoint's path, or ``baseline:<name>`` for a hand-made feature. Utterance
@@ -30,15 +32,17 @@ from typing import BinaryIO
 
 import numpy as np
 
+from audiossl.atomic import atomic_write as _atomic_write
 from audiossl.data.corpus import CorpusError, Utterance, read_manifest
 
-__all__ = ["FeatureError", "FeatureSet", "atomic_write", "feature_path", "relative_paths", "source_label",
-           "stored_frames"]
+__all__ = ["FeatureError", "FeatureSet", "atomic_write", "audio_stamp", "feature_path", "read_sources",
+           "relative_paths", "source_label", "stored_frames"]
 
 VERSION = 2
 META = "meta.json"
 INDEX = "index.tsv"
 UTTERANCES = "utterances.tsv"
+SOURCES = "sources.tsv"
 INDEX_COLUMNS = ("id", "path", "frames", "dim", "frame_rate_hz", "layer", "checkpoint")
 FORMATS = ("npy", "npz")
 NPZ_KEY = "features"  # the array's name inside an .npz file
@@ -110,17 +114,26 @@ def relative_paths(utterances: Sequence[Utterance], root: str | Path | None = No
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path`` (see :mod:`audiossl.atomic`)."""
+    _atomic_write(path, write, what="file")
+
+
+def audio_stamp(path: str | Path) -> str:
+    """``<size>:<mtime_ns>`` of an audio file (``missing`` if it cannot be read): what its features were made from."""
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def read_sources(layer_folder: str | Path) -> dict[str, str]:
+    """``sources.tsv``: utterance id -> the stamp of the audio its array was made from (the last line wins)."""
+    try:
+        lines = (Path(layer_folder) / SOURCES).read_text().splitlines()
+    except OSError:
+        return {}
+    return dict(line.split("\t", 1) for line in lines if line.count("\t") == 1)
 
 
 def _read_array(path: Path) -> np.ndarray:

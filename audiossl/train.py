@@ -19,6 +19,13 @@ A killed run resumes from its last checkpoint with the same optimizer,
 scheduler, data position and RNG states, and ``train_log.tsv`` (step, loss,
 lr; one line per step, cut back to the checkpoint on resume) then reads as if
 the run had never stopped.
+
+On shared clusters: the run holds ``EXP_DIR/.lock`` (:mod:`audiossl.lock`);
+SIGTERM, SIGINT, SIGUSR1 and the time budget stop it after the current step
+with a checkpoint (:mod:`audiossl.stopping`, which also lists the exit
+codes); what a resume may change and what it refuses is :mod:`audiossl.resume`;
+a corpus none of whose files can be opened is refused before training, and
+``MAX_UNREADABLE_BATCHES`` batches in a row without a readable window stop it.
 """
 
 from __future__ import annotations
@@ -40,16 +47,21 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from audiossl.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, versions
+from audiossl.atomic import atomic_write, remove_stale_temps
+from audiossl.checkpoint import atomic_save, load_checkpoint, load_state, rng_state, set_rng_state, versions
 from audiossl.config import Config, check_window
-from audiossl.data.corpus import CorpusError, Problem, load_corpus, read_manifest
+from audiossl.data.corpus import CorpusError, Problem, drop_unreadable, load_corpus
 from audiossl.data.windows import WindowDataset, collate_windows, epoch_batches
+from audiossl.lock import FolderLock
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
+from audiossl.resume import apply_optimizer_settings, check_resumable, resume_position
+from audiossl.stopping import StopRequests, ignore_in_worker
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.tsv"
 TRAIN_LOG_COLUMNS = ("step", "loss", "lr")
+MAX_UNREADABLE_BATCHES = 20  # batches in a row with no readable window before the run stops
 
 
 class TrainingError(RuntimeError):
@@ -150,23 +162,9 @@ def open_train_log(path: Path, step: int):
             fields = line.split("\t")
             if len(fields) == len(TRAIN_LOG_COLUMNS) and fields[0].isdigit() and int(fields[0]) <= step:
                 kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in ["\t".join(TRAIN_LOG_COLUMNS), *kept]))
-    os.replace(tmp, path)
+    text = "".join(f"{line}\n" for line in ["\t".join(TRAIN_LOG_COLUMNS), *kept])
+    atomic_write(path, lambda f: f.write(text.encode()), what="step log")
     return open(path, "a")
-
-
-def check_resumable(cfg: Config, saved: dict, path: Path) -> None:
-    """The architecture and objective come from the checkpoint; refuse a clash."""
-    current = cfg.to_dict()
-    fixed = {"model": list(current["model"]), "objective": list(current["objective"]), "data": ["sample_rate"]}
-    for section, keys in fixed.items():
-        # Keys a checkpoint predates take their defaults: compare only what it saved.
-        differ = [k for k in keys if k in saved.get(section, {}) and saved[section][k] != current[section][k]]
-        if differ:
-            raise TrainingError(
-                f"{path} was trained with other {section} settings ({', '.join(differ)}); "
-                "use a new --exp-dir, or the same settings to resume")
 
 
 class BatchStream:
@@ -175,12 +173,17 @@ class BatchStream:
     A window whose file fails is replaced within its batch (see
     ``collate_windows``), a batch with no readable window is passed over;
     the failures wait in ``read_errors`` until the loop collects them.
+    ``MAX_UNREADABLE_BATCHES`` such batches in a row (the corpus moved or
+    unmounted during the run) stop the run with a ``TrainingError`` naming
+    the files, instead of passing over batches forever.
     """
 
     def __init__(self, dataset: WindowDataset, cfg: Config, dist_info: Distributed, epoch: int, position: int):
         self.dataset, self.cfg, self.dist = dataset, cfg, dist_info
         self.epoch, self.position = epoch, position
         self.read_errors: list[tuple[str, str]] = []
+        self.unreadable: list[tuple[str, str]] = []  # failures of the current run of unreadable batches
+        self.unreadable_batches = 0
         self._iterator = None
 
     def _open(self) -> None:
@@ -197,7 +200,8 @@ class BatchStream:
         generator = torch.Generator().manual_seed(self.cfg.train.seed)
         loader = DataLoader(self.dataset, batch_sampler=batches[self.position:], collate_fn=collate_windows,
                             num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                            prefetch_factor=4 if workers else None, generator=generator)
+                            prefetch_factor=4 if workers else None, generator=generator,
+                            worker_init_fn=ignore_in_worker if workers else None)
         self._iterator = iter(loader)
 
     def next(self) -> dict:
@@ -210,9 +214,29 @@ class BatchStream:
                 self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
                 continue
             self.position += 1
-            self.read_errors.extend(batch.pop("read_errors"))
+            errors = batch.pop("read_errors")
+            self.read_errors.extend(errors)
             if batch["wavs"] is not None:
+                self.unreadable, self.unreadable_batches = [], 0
                 return batch
+            self.unreadable.extend(errors[: 10 - len(self.unreadable)])
+            self.unreadable_batches += 1
+            if self.unreadable_batches >= MAX_UNREADABLE_BATCHES:
+                raise TrainingError(unreadable_message(self.unreadable_batches, self.unreadable))
+
+
+def unreadable_message(batches: int, failures: list[tuple[str, str]]) -> str:
+    """Why the run stops: the first files that failed and what most likely happened to them."""
+    paths = list(dict.fromkeys(path for path, _ in failures))
+    if not any(os.path.exists(p) for p in paths):
+        cause = ("the files are gone: the corpus was moved, deleted or unmounted during the run, or the "
+                 "manifest's paths do not resolve here (relative ones are read from the manifest's folder)")
+    elif not any(os.access(p, os.R_OK) for p in paths if os.path.exists(p)):
+        cause = "the files exist but cannot be read: permission denied"
+    else:
+        cause = "the files cannot be decoded: changed since the scan, or the storage is failing"
+    shown = "; ".join(f"{path} ({reason})" for path, reason in dict(failures).items() if path in paths[:3])
+    return f"{batches} batches in a row had no readable window, e.g. {shown}; {cause}"
 
 
 def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = True, strict: bool = False) -> dict:
@@ -226,8 +250,20 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
             or shorter than the window, instead of skipping it.
 
     Returns:
-        A summary: the final step and the last logged metrics.
+        A summary: the final step, the last logged metrics and why the run
+        stopped early (``stopped``: ``"signal"``, ``"budget"`` or None).
+
+    Raises:
+        FolderLocked: another run holds ``exp_dir`` (see :mod:`audiossl.lock`).
     """
+    with contextlib.ExitStack() as held:  # the folder's lock, the signal handlers: released however the run ends
+        if int(os.environ.get("RANK", 0)) == 0:
+            held.enter_context(FolderLock(exp_dir, "audiossl train"))
+        return _train(cfg, data, exp_dir, progress, strict, held)
+
+
+def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, strict: bool,
+           held: contextlib.ExitStack) -> dict:
     # --- setup -------------------------------------------------------------
     dist_info = setup_distributed(cfg.train.device)
     device = choose_device(cfg.train.device, dist_info.local_rank)
@@ -238,14 +274,13 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
     ckpt_path = exp_dir / CHECKPOINT
     torch.manual_seed(cfg.train.seed + dist_info.rank)
     random.seed(cfg.train.seed + dist_info.rank)
-    if dist_info.is_main:  # what a run killed while saving left behind
-        for stale in exp_dir.glob(f".{CHECKPOINT}.tmp*"):
-            stale.unlink(missing_ok=True)
+    if dist_info.is_main:  # what a run killed while saving left behind; the lock keeps out live writers
+        remove_stale_temps(exp_dir, owner_may_live=False)
 
     # --- model and objective: a bad config or checkpoint fails before the scan
     resumed = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if resumed is not None:
-        check_resumable(cfg, resumed["config"], ckpt_path)
+        check_resumable(cfg, resumed, ckpt_path)
     model = build_model(cfg.model, cfg.data.sample_rate)
     window_frames = int(model.output_lengths(torch.tensor([cfg.data.window_samples])))
     check_window(cfg, window_frames, model.receptive_field)
@@ -256,10 +291,12 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
     if dist_info.is_main:
         utterances, problems = load_corpus(data, cache=manifest, speaker_level=cfg.data.speaker_level,
                                            progress=progress)
-    if dist_info.enabled:
-        dist.barrier()
-        if not dist_info.is_main:
-            utterances = read_manifest(manifest) if not Path(data).is_file() else read_manifest(data)
+        utterances, missing = drop_unreadable(utterances, data)  # refuses a corpus none of which is there
+        problems = problems + missing
+    if dist_info.enabled:  # every rank trains on rank 0's list
+        shared = [utterances if dist_info.is_main else None]
+        dist.broadcast_object_list(shared, src=0)
+        utterances = shared[0]
     try:
         dataset = WindowDataset(utterances, cfg.data.window_samples, cfg.data.sample_rate, seed=cfg.train.seed)
     except ValueError as e:
@@ -284,11 +321,15 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
         optimizer, lambda s: lr_factor(s, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.decay))
     step, epoch, position, skipped, skipped_windows = 0, 0, 0, 0, 0
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        objective.load_state_dict(resumed["objective"])
-        optimizer.load_state_dict(resumed["optimizer"])
+        load_state(model, resumed["model"], ckpt_path, "model")
+        load_state(objective, resumed["objective"], ckpt_path, "objective")
+        load_state(optimizer, resumed["optimizer"], ckpt_path, "optimizer")
         scheduler.load_state_dict(resumed["scheduler"])
-        step, epoch, position = resumed["step"], resumed["epoch"], resumed["position"]
+        step, epoch = resumed["step"], resumed["epoch"]
+        position, moved = resume_position(resumed, dist_info.world_size)
+        changes = apply_optimizer_settings(
+            cfg, resumed["config"], optimizer, scheduler, step,
+            lambda s: lr_factor(s, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.decay))
         skipped, skipped_windows = resumed.get("skipped_steps", 0), resumed.get("skipped_windows", 0)
         rngs = resumed["rng"]
         if len(rngs) == dist_info.world_size:
@@ -297,6 +338,8 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
             torch.manual_seed(cfg.train.seed + dist_info.rank + 7919 * step)
         if dist_info.is_main:
             print(f"resuming from {ckpt_path} at step {step}")
+            for note in changes + ([moved] if moved else []):
+                print(f"note: {note}")
     if dist_info.is_main:
         (exp_dir / "config.yaml").write_text(yaml.safe_dump(cfg.flat(), sort_keys=False))
     ddp_module = module
@@ -350,8 +393,9 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
     ddp_module.train()
     sums: dict[str, float] = {}
     logged_steps, window_start, nonfinite_run = 0, time.perf_counter(), 0
-    run_start = window_start
+    stops = held.enter_context(StopRequests(cfg.train.max_minutes, dist_info.enabled))
     last: dict[str, float] = {}
+    stop = None
     while step < cfg.train.max_steps:
         finite, step_loss, step_metrics = True, 0.0, {}
         for micro in range(cfg.train.accumulate):
@@ -419,17 +463,13 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
             shown["audio_s_per_s"] = f"{last['audio_seconds_per_second']:.1f}"
             bar.set_postfix(shown)
             sums, logged_steps, window_start = {}, 0, time.perf_counter()
-        # A time budget ends the run early with a checkpoint; running again resumes.
-        out_of_time = cfg.train.max_minutes > 0 and time.perf_counter() - run_start > 60 * cfg.train.max_minutes
-        if dist_info.enabled and cfg.train.max_minutes > 0:  # every rank stops at the same step
-            flag = torch.tensor([float(out_of_time)], device=device)
-            dist.all_reduce(flag)
-            out_of_time = flag.item() > 0
-        if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps or out_of_time:
+        # A signal or the time budget ends the run early with a checkpoint; running again resumes.
+        stop = stops.check() if step < cfg.train.max_steps else None  # the same on every rank
+        if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps or stop:
             save()
-        if out_of_time:
+        if stop:
             if dist_info.is_main:
-                print(f"stopping at step {step}: the {cfg.train.max_minutes:g}-minute budget is spent")
+                tqdm.write(stops.describe(stop, step, ckpt_path))
             break
 
     # --- teardown ----------------------------------------------------------
@@ -441,4 +481,4 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
         dist.barrier()
         dist.destroy_process_group()
     return {"step": step, "skipped_steps": skipped, "skipped_windows": skipped_windows, "metrics": last,
-            "checkpoint": str(ckpt_path)}
+            "checkpoint": str(ckpt_path), "stopped": stop}

@@ -5,6 +5,7 @@ Other test modules import these by name; keep the names stable.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,16 @@ import pytest
 import soundfile
 import torch
 
+import audiossl
+
 SAMPLE_RATE = 16000
+
+
+def package_env(**extra: str) -> dict:
+    """The environment for a subprocess that must import this audiossl (a worktree's, not the installed one)."""
+    root = str(Path(audiossl.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def synth_utterance(rng: np.random.Generator, num_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -24,6 +24,7 @@ from audiossl.data.alignments import labels_for_frames, load_alignments
 from audiossl.data.corpus import CorpusError, load_corpus, problems_path, read_manifest, scan_corpus
 from audiossl.data.validate import check_alignments, check_audio
 from audiossl.data.windows import WindowDataset, collate_windows
+from audiossl.train import Pretrainer
 
 from conftest import synth_utterance
 
@@ -248,13 +249,21 @@ def test_collate_replaces_unreadable_windows_within_the_batch(tiny_corpus, tmp_p
     assert collate_windows([items[1]]) == {"wavs": None, "read_errors": [items[1]["error"]]}
 
 
-def test_files_that_go_bad_during_training_are_skipped_and_counted(tiny_corpus, tiny_overrides, tmp_path, capsys):
+def test_files_that_go_bad_during_training_are_skipped_and_counted(tiny_corpus, tiny_overrides, tmp_path, capsys,
+                                                                   monkeypatch):
     manifest = tmp_path / "train.tsv"
     assert main(["prepare", "--data", str(tiny_corpus), "--out", str(manifest)]) == 0
     utterances = read_manifest(manifest)
     deleted, truncated = Path(utterances[0].path), Path(utterances[5].path)
-    deleted.unlink()
-    truncated.write_bytes(truncated.read_bytes()[:200])
+    forward = Pretrainer.forward
+
+    def first_step_breaks_two_files(self, batch):  # after the start-up check, during step 1
+        if deleted.exists():
+            deleted.unlink()
+            truncated.write_bytes(truncated.read_bytes()[:200])
+        return forward(self, batch)
+
+    monkeypatch.setattr(Pretrainer, "forward", first_step_breaks_two_files)
     exp = tmp_path / "exp"
     # 12 files x 5 windows = 15 batches of 4: one epoch reads every window of both files.
     overrides = {**tiny_overrides, "max_steps": 15, "ckpt_every": 15, "log_every": 5}
@@ -264,8 +273,9 @@ def test_files_that_go_bad_during_training_are_skipped_and_counted(tiny_corpus, 
     assert (ckpt["step"], ckpt["epoch"], ckpt["position"]) == (15, 0, 15)  # no step lost, none added
     logged = [line.split("\t") for line in (exp / "read_errors.tsv").read_text().splitlines()]
     assert {path for _, path, _ in logged} == {str(deleted), str(truncated)}
-    assert ckpt["skipped_windows"] == len(logged) == 10
-    assert '"skipped_windows": 10' in out
+    # Every window of both files after the first batch: at most 10, at least 10 - 4.
+    assert ckpt["skipped_windows"] == len(logged) and 6 <= len(logged) <= 10
+    assert f'"skipped_windows": {len(logged)}' in out
     assert len((exp / "train_log.tsv").read_text().splitlines()) == 1 + 15
 
 

@@ -85,7 +85,7 @@ def test_missing_corpus_is_a_user_error(tmp_path, capsys):
 def test_refused_resume_exits_nonzero(tiny_corpus, tiny_overrides, tmp_path, capsys, one_thread):
     base = ["train", "--data", str(tiny_corpus), "--exp-dir", str(tmp_path / "exp"), "--no-progress"]
     assert main(base + as_args({**tiny_overrides, "max_steps": 1})) == 0
-    assert main(base + as_args({**tiny_overrides, "context_dim": 24})) == 1
+    assert main(base + as_args({**tiny_overrides, "context_dim": 24})) == 2  # a user error: nothing trained
     err = capsys.readouterr().err
     assert "context_dim" in err and "Traceback" not in err
 

@@ -20,12 +20,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from audiossl.atomic import DiskFullError
 from audiossl.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from audiossl.cli import main
 from audiossl.config import build_config
 from audiossl.data.corpus import Problem, Utterance, read_manifest, read_problems, write_manifest, write_problems
 from audiossl.objectives.cpc import CPCObjective
 from audiossl.train import TRAIN_LOG, train
+
+from conftest import package_env
 
 # Runs the real CLI, but the `hang_at`-th forward pass announces itself in a
 # marker file and sleeps, so the test can kill -9 the process mid-step at a
@@ -60,7 +63,7 @@ def cli_args(corpus: Path, exp_dir: Path, overrides: dict, **extra) -> list[str]
 
 def subprocess_env() -> dict:
     # One thread: the same float reduction order in every run, and fair on 2 cores.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return package_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def read_log(exp_dir: Path) -> list[str]:
@@ -170,7 +173,8 @@ def test_crash_while_saving_during_training_resumes_from_the_previous_checkpoint
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", second_save_fails)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(DiskFullError, match="no space left on device writing .*checkpoint.pt; the previous "
+                       "checkpoint is intact"):
         train(cfg, tiny_corpus, exp, progress=False)
     monkeypatch.undo()
     assert saves == [2, 4]
@@ -246,7 +250,7 @@ def test_too_many_nonfinite_steps_stop_without_saving(tiny_corpus, tiny_override
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
-def test_crash_while_writing_features_leaves_no_partial_array(tiny_corpus, tmp_path, monkeypatch):
+def test_crash_while_writing_features_leaves_no_partial_array(tiny_corpus, tmp_path, monkeypatch, capsys):
     import numpy as np
 
     out = tmp_path / "features"
@@ -262,9 +266,10 @@ def test_crash_while_writing_features_leaves_no_partial_array(tiny_corpus, tmp_p
         return real_save(file, array, *a, **k)
 
     monkeypatch.setattr(np, "save", save_fails_on_the_fifth)
-    with pytest.raises(OSError, match="No space"):
-        main(args)
+    assert main(args) == 1
     monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("audiossl extract: error: no space left on device writing ")
     folder = out / "mfcc"
     arrays = sorted(folder.rglob("*.npy"))
     assert len(arrays) == 4 and not (folder / "index.tsv").exists()  # marked unfinished

@@ -30,6 +30,8 @@ from audiossl.data.windows import WindowDataset, epoch_batches
 from audiossl.objectives import cpc, infonce
 from audiossl.train import TRAIN_LOG, train
 
+from conftest import package_env
+
 HARNESS = """
 import sys
 sys.path.insert(0, {tests!r})
@@ -67,7 +69,7 @@ def torchrun(harness: Path, corpus: Path, exp_dir: Path, settings: dict) -> subp
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(harness), "train", "--data", str(corpus), "--exp-dir", str(exp_dir), "--no-progress",
                *(f"{k}={v}" for k, v in settings.items())]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = package_env(OMP_NUM_THREADS="1")
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import package_env
+
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "recipes" / "mini" / "run.sh"
 TINY_TRAINING = ("max_steps=3 ckpt_every=3 log_every=1 num_workers=0 batch_size=4 window_samples=3200 "
@@ -23,7 +25,7 @@ TINY_TRAINING = ("max_steps=3 ckpt_every=3 log_every=1 num_workers=0 batch_size=
 
 
 def run_recipe(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = package_env(OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return subprocess.run(["bash", str(MINI), *args], env=env, capture_output=True, text=True, timeout=600)
 
 

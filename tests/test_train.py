@@ -15,7 +15,10 @@ import yaml
 import audiossl
 from audiossl.checkpoint import load_checkpoint, load_model
 from audiossl.config import Config, build_config
+from audiossl.resume import ResumeError
 from audiossl.train import TrainingError, train
+
+from conftest import package_env
 
 
 def optimizer_steps(ckpt: dict) -> set[int]:
@@ -75,7 +78,7 @@ def test_resume_after_sigkill(tiny_corpus, tiny_overrides, tmp_path):
     settings = {**tiny_overrides, "max_steps": 30, "ckpt_every": 2, "log_every": 10}
     command = [sys.executable, "-m", "audiossl.cli", "train", "--data", str(tiny_corpus), "--exp-dir", str(exp),
                "--no-progress", *(f"{k}={v}" for k, v in settings.items())]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = package_env(OMP_NUM_THREADS="1")
     env.pop("RANK", None)
     ckpt_path = exp / "checkpoint.pt"
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -105,7 +108,7 @@ def test_resume_with_other_model_settings_is_refused(tiny_corpus, tiny_overrides
     train(build_config(overrides={**tiny_overrides, "max_steps": 1}), tiny_corpus, exp, progress=False)
     for change in ({"context_dim": 24}, {"cpc_steps": 4}):
         cfg = build_config(overrides={**tiny_overrides, **change})
-        with pytest.raises(TrainingError) as error:
+        with pytest.raises(ResumeError) as error:
             train(cfg, tiny_corpus, exp, progress=False)
         message = str(error.value)
         assert next(iter(change)) in message and str(exp / "checkpoint.pt") in message

@@ -136,7 +136,9 @@ def load_alignments(
 def load_split(path: str | Path) -> list[str]:
     """Read a split file with one utterance id per line.
 
-    Leading and trailing whitespace is stripped and blank lines are skipped.
+    Leading and trailing whitespace is stripped and blank lines are skipped;
+    the rest of the line is the id, spaces included (a corpus folder may name
+    files ``take 1.wav``).
 
     Args:
         path: The split file, e.g. ``train_split.txt``.
@@ -145,20 +147,16 @@ def load_split(path: str | Path) -> list[str]:
         The utterance ids in file order.
 
     Raises:
-        ValueError: If an id is listed twice or a line holds more than one
-            field; the message names the file and line.
+        ValueError: If an id is listed twice; the message names the file and line.
     """
     ids: list[str] = []
     first_line: dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
+            utt_id = line.strip()
+            if not utt_id:
                 continue
             where = f"{path}, line {line_number}"
-            if len(fields) != 1:
-                raise ValueError(f"{where}: expected one utterance id, got {line.rstrip()!r}")
-            utt_id = fields[0]
             if utt_id in first_line:
                 raise ValueError(
                     f"{where}: duplicate utterance id {utt_id!r} "

@@ -96,7 +96,13 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   launcher=(audiossl)
   if [ "$nproc" -gt 1 ]; then launcher=(torchrun --standalone --nproc_per_node "$nproc" -m audiossl.cli); fi
   # shellcheck disable=SC2086
-  step pretrain "${launcher[@]}" train --config "$config" --data "$run/manifest.tsv" --exp-dir "$run/pretrain" $train_overrides
+  # Exit 3: the config's max_minutes budget is spent and a checkpoint written; the later stages use it
+  # (running stage 2 again continues the training). Any other failure stops the recipe.
+  rc=0
+  step pretrain "${launcher[@]}" train --config "$config" --data "$run/manifest.tsv" --exp-dir "$run/pretrain" \
+    $train_overrides || rc=$?
+  if [ "$rc" = 3 ]; then log "pretrain: time budget spent; continuing with its checkpoint"
+  elif [ "$rc" != 0 ]; then exit "$rc"; fi
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
