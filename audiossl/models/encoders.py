@@ -35,7 +35,7 @@ class _ShiftedSum(torch.autograd.Function):
         ctx.rows = taps.shape[1]
         y = taps[:, :out_frames, 0].clone()
         for j in range(1, taps.shape[2]):
-            y += taps[:, j:j + out_frames, j]
+            y = y + taps[:, j:j + out_frames, j]  # out of place: torch.compile mistraces an in-place add here
         return y
 
     @staticmethod
