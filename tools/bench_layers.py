@@ -12,8 +12,9 @@ the forward, once for a layer whose input needs no gradient) and the rate:
 - each encoder block (conv -> norm -> ReLU) with the conv as
   ``strided_conv`` (``taps`` and ``im2col``), as ``F.conv1d`` and as the
   (1, k) channels-last ``Conv2d`` that audiossl used before;
-- the context network: ``nn.GRU`` as PyTorch runs it, the CPU training GRU
-  of ``audiossl.models.context``, and ``nn.LSTM`` for comparison;
+- the context network: ``nn.GRU`` (on the CPU its backward runs through
+  autograd frame by frame) and ``nn.LSTM`` (oneDNN's fused kernels) for
+  comparison;
 - the objective's two products: the bilinear predictions ``W_k c_t`` and the
   scores against every encoded frame of the batch, with the gather and the
   loss.
@@ -32,7 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiossl.config import build_config
-from audiossl.models.context import run_recurrent
 from audiossl.models.encoders import make_norm, strided_conv
 from audiossl.objectives.infonce import contrastive_losses, sample_candidates, score_candidates
 
@@ -116,17 +116,16 @@ def main() -> int:
     hidden = m.context_dim
     gru, lstm = nn.GRU(channels, hidden, batch_first=True), nn.LSTM(channels, hidden, batch_first=True)
 
-    def recurrent(layer, custom):
+    def recurrent(layer):
         def run():
-            y, _ = run_recurrent(layer, z, None) if custom else layer(z)
+            y, _ = layer(z)
             y.backward(torch.ones_like(y))
         return run
 
     gflop_gru = 3 * 2 * batch * frames * 3 * hidden * (channels + hidden) / 1e9
     rows += compare(f"context GRU {hidden} ({frames} frames)", gflop_gru,
-                    {"nn.GRU (autograd per step)": recurrent(gru, False),
-                     "training GRU (audiossl)": recurrent(gru, True)}, args.repeats)
-    rows += compare(f"context LSTM {hidden}", gflop_gru * 4 / 3, {"nn.LSTM": recurrent(lstm, False)}, args.repeats)
+                    {"nn.GRU": recurrent(gru)}, args.repeats)
+    rows += compare(f"context LSTM {hidden}", gflop_gru * 4 / 3, {"nn.LSTM": recurrent(lstm)}, args.repeats)
 
     # --- objective --------------------------------------------------------------
     steps, negatives = o.cpc_steps, o.cpc_negatives

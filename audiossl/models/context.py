@@ -17,74 +17,6 @@ from torch import nn
 from audiossl.models.frontends import length_mask
 
 
-class _GRUTraining(torch.autograd.Function):
-    """One ``nn.GRU`` layer (batch first) with a hand-written backward, for training on the CPU.
-
-    PyTorch's CPU GRU records every time step's cell operations for autograd
-    and so runs ~20 small matrix products and element-wise ops per step
-    backward. Here the input projections of all steps are one product, the
-    recurrence keeps one ``(batch, hidden) x (hidden, 3 hidden)`` product per
-    step each way, and the weight gradients are two products over all steps
-    at the end. The gates are PyTorch's (r, z, n; ``n = tanh(W_in x + b_in +
-    r (W_hn h + b_hn))``), so the parameters are the ``nn.GRU``'s own.
-    """
-
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
-        B, T, H = x.shape[0], x.shape[1], w_hh.shape[1]
-        gi = torch.addmm(b_ih, x.reshape(B * T, -1), w_ih.t()).view(B, T, 3, H)
-        out = x.new_empty(B, T, H)
-        gates = x.new_empty(B, T, 3, H)  # r, z, n of each step, for the backward
-        ghn = x.new_empty(B, T, H)  # W_hn h + b_hn
-        h = h0
-        w_hh_t = w_hh.t()
-        for t in range(T):
-            gh = torch.addmm(b_hh, h, w_hh_t).view(B, 3, H)
-            rz = torch.sigmoid(gi[:, t, :2] + gh[:, :2])
-            n = torch.tanh(gi[:, t, 2] + rz[:, 0] * gh[:, 2])
-            h = torch.lerp(n, h, rz[:, 1])  # (1 - z) n + z h
-            gates[:, t, :2] = rz
-            gates[:, t, 2] = n
-            ghn[:, t] = gh[:, 2]
-            out[:, t] = h
-        ctx.save_for_backward(x, h0, w_ih, w_hh, out, gates, ghn)
-        return out, h
-
-    @staticmethod
-    def backward(ctx, g_out, g_h):
-        x, h0, w_ih, w_hh, out, gates, ghn = ctx.saved_tensors
-        B, T, H = out.shape
-        d_gi = out.new_empty(B, T, 3, H)
-        d_gh = out.new_empty(B, T, 3, H)
-        dh = g_h.clone() if g_h is not None else out.new_zeros(B, H)
-        for t in range(T - 1, -1, -1):
-            if g_out is not None:
-                dh = dh + g_out[:, t]
-            h_prev = out[:, t - 1] if t > 0 else h0
-            r, z, n = gates[:, t, 0], gates[:, t, 1], gates[:, t, 2]
-            dn = dh * (1 - z) * (1 - n * n)          # d pre-tanh
-            dz = dh * (h_prev - n) * z * (1 - z)     # d pre-sigmoid z
-            dr = dn * ghn[:, t] * r * (1 - r)        # d pre-sigmoid r
-            d_gi[:, t, 0], d_gi[:, t, 1], d_gi[:, t, 2] = dr, dz, dn
-            d_gh[:, t, 0], d_gh[:, t, 1], d_gh[:, t, 2] = dr, dz, dn * r
-            dh = dh * z + d_gh[:, t].reshape(B, 3 * H) @ w_hh
-        h_prevs = torch.cat([h0.unsqueeze(1), out[:, :-1]], 1).reshape(B * T, H)
-        d_gi2, d_gh2 = d_gi.reshape(B * T, 3 * H), d_gh.reshape(B * T, 3 * H)
-        dx = (d_gi2 @ w_ih).view(B, T, -1)
-        dw_ih = d_gi2.t() @ x.reshape(B * T, -1)
-        dw_hh = d_gh2.t() @ h_prevs
-        return dx, dh, dw_ih, dw_hh, d_gi2.sum(0), d_gh2.sum(0)
-
-
-def run_recurrent(layer: nn.Module, x: torch.Tensor, state):
-    """``layer(x, state)``, through :class:`_GRUTraining` when a GRU trains on the CPU."""
-    if isinstance(layer, nn.GRU) and x.device.type == "cpu" and torch.is_grad_enabled():
-        h0 = x.new_zeros(x.shape[0], layer.hidden_size) if state is None else state[0]
-        y, h = _GRUTraining.apply(x, h0, layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0)
-        return y, h.unsqueeze(0)
-    return layer(x, state)
-
-
 class RecurrentContext(nn.Module):
     """A stack of single-layer GRUs or LSTMs, each layer's output exposed.
 
@@ -110,7 +42,7 @@ class RecurrentContext(nn.Module):
         mask = length_mask(lengths, x.shape[1]).unsqueeze(-1)
         outputs, new_state = [], []
         for i, layer in enumerate(self.layers):
-            y, h = run_recurrent(layer, x, None if state is None else state[i])
+            y, h = layer(x, None if state is None else state[i])
             if self.residual and y.shape[-1] == x.shape[-1]:
                 y = y + x
             y = y * mask
