@@ -130,6 +130,17 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def compile_module(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)``, random ops drawn as in eager mode.
+
+    Inductor would otherwise generate its own random numbers for CPC's
+    negative sampling and MPC's masks: other draws than eager mode's from the
+    same seed, so a compiled run would not repeat an eager one, nor follow
+    its own checkpointed RNG state on resume.
+    """
+    return torch.compile(module, options={"fallback_random": True})
+
+
 def report_problems(problems: list[Problem], exp_dir: Path) -> None:
     path = exp_dir / "scan_problems.tsv"
     if not problems:
@@ -336,9 +347,13 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
             print(f"resuming from {ckpt_path} at step {step}")
     if dist_info.is_main:
         (exp_dir / "config.yaml").write_text(yaml.safe_dump(cfg.flat(), sort_keys=False))
-    ddp_module = module
+    ddp_module = module  # what the loop calls; `module` stays the plain one that checkpoints save
     if dist_info.enabled:
         ddp_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        # Compile around DDP (its optimizer splits the graph at gradient buckets); the
+        # compiled wrapper shares the parameters, so state_dicts keep their plain names.
+        ddp_module = compile_module(ddp_module)
 
     stream = BatchStream(dataset, cfg, dist_info, epoch, position)
     writer = None
