@@ -217,6 +217,10 @@ class BatchStream:
                             prefetch_factor=4 if workers else None, generator=generator)
         self._iterator = iter(loader)
 
+    def close(self) -> None:
+        """Drop the epoch's DataLoader iterator, which stops its worker processes."""
+        self._iterator = None
+
     def next(self) -> dict:
         while True:
             if self._iterator is None:
