@@ -109,9 +109,8 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
     result = {k: statistics.median(v) for k, v in times.items()}
     result["audio_seconds_per_second"] = batch_size * window / cfg.data.sample_rate / result["step"]
     result.update(first_step=first_step, compiled=compiled, device=str(dev), threads=torch.get_num_threads(),
-                  batch_size=batch_size,
-                  window_samples=window, objective_name=cfg.objective.objective, steps=steps,
-                  parameters=sum(p.numel() for p in module.parameters()))
+                  batch_size=batch_size, window_samples=window, objective_name=cfg.objective.objective,
+                  steps=steps, parameters=sum(p.numel() for p in module.parameters()))
     return result
 
 
