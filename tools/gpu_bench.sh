@@ -15,8 +15,10 @@
 # second that 1, 2, 4 and 8 DataLoader workers deliver, and how many times
 # the model's consumption that is. Every run has its own time limit
 # (RUN_LIMIT seconds), so one slow compilation costs one line, not the whole
-# command; the whole script is sized for a 10-minute command (eager about 2
-# minutes on an H200, compiled most of the rest; COMPILES splits it in two).
+# command. Eager runs take seconds each on a GPU; compilation can take
+# minutes per config (on the 2-core CPU it took 14 minutes cold for CPC, 1
+# with inductor's cache warm), so under a 10-minute command limit run the
+# eager and compiled halves as two commands (COMPILES=0, then COMPILES=1).
 # With OUT set, everything printed is also written to $OUT/gpu_bench.txt.
 #
 # Settings (environment variables):
