@@ -1,22 +1,34 @@
-"""Training-step throughput on random audio, with the step time split.
+"""Training throughput: the step on random audio, and the data loader on real files.
 
-The split: ``model`` is the time inside the frontend, encoder and context
-network forward calls (timed by forward hooks), ``objective`` the rest of the
-forward pass (heads, negative sampling, scores, loss), then ``backward`` and
-``optimizer``. Figures are medians over the timed steps.
+The step's split: ``model`` is the time inside the frontend, encoder and
+context network forward calls (timed by forward hooks), ``objective`` the rest
+of the forward pass (heads, negative sampling, scores, loss), then
+``backward`` and ``optimizer``. Figures are medians over the timed steps.
+Compiled (``compile: true``), the forward is one graph and is timed whole:
+hooks inside it would split the graph and time its tracing, not its run.
+
+The loader's rate (:func:`loader_benchmark`) is what ``train``'s own
+``BatchStream`` (``WindowDataset`` windows, ``epoch_batches``,
+``collate_windows``, a ``DataLoader`` per epoch) delivers from a corpus with
+no model behind it, per worker count: set beside the step's audio seconds
+per second, it says whether the loader or the model bounds training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from audiossl.config import Config, check_window
+from audiossl.data.corpus import CorpusError, load_corpus
+from audiossl.data.windows import WindowDataset
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
-from audiossl.train import Pretrainer, autocast, choose_device
+from audiossl.train import BatchStream, Distributed, Pretrainer, TrainingError, autocast, choose_device, compile_module
 
 
 def _sync(device: torch.device) -> None:
@@ -25,11 +37,13 @@ def _sync(device: torch.device) -> None:
 
 
 def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto") -> dict:
-    """Time ``steps`` training steps after ``warmup`` untimed ones.
+    """Time ``steps`` training steps after ``warmup`` untimed ones (``cfg.train.compile``: compiled).
 
     Returns:
-        Medians in seconds (``step``, ``model``, ``objective``, ``backward``,
-        ``optimizer``), ``audio_seconds_per_second``, and the setting.
+        Medians in seconds (``step``, ``forward``, ``backward``,
+        ``optimizer``, and uncompiled ``model`` and ``objective``),
+        ``first_step`` (the first warm-up step: compilation, when compiled),
+        ``audio_seconds_per_second``, and the setting.
     """
     dev = choose_device(device if device != "auto" else cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -37,6 +51,8 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
     check_window(cfg, int(model.output_lengths(torch.tensor([cfg.data.window_samples]))), model.receptive_field)
     module = Pretrainer(model, build_objective(cfg, model)).to(dev).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr)
+    compiled = cfg.train.compile
+    run = compile_module(module) if compiled else module
     batch_size, window = cfg.train.batch_size, cfg.data.window_samples
     batch = {
         "wavs": 0.1 * torch.randn(batch_size, window, device=dev),
@@ -56,17 +72,19 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
         model_time[0] += time.perf_counter() - starts.pop(id(mod))
 
     hooks = []
-    for part in (model.frontend, model.encoder, model.context):
+    for part in (model.frontend, model.encoder, model.context) if not compiled else ():
         hooks.append(part.register_forward_pre_hook(before))
         hooks.append(part.register_forward_hook(after))
 
-    times: dict[str, list[float]] = {k: [] for k in ("step", "model", "objective", "backward", "optimizer")}
+    parts = ("step", "forward", "backward", "optimizer") + (("model", "objective") if not compiled else ())
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    first_step = 0.0
     for i in range(warmup + steps):
         model_time[0] = 0.0
         _sync(dev)
         t0 = time.perf_counter()
         with autocast(dev):
-            loss, _ = module(batch)
+            loss, _ = run(batch)
         _sync(dev)
         t1 = time.perf_counter()
         loss.backward()
@@ -76,19 +94,23 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
         optimizer.zero_grad(set_to_none=True)
         _sync(dev)
         t3 = time.perf_counter()
+        if i == 0:
+            first_step = t3 - t0
         if i >= warmup:
             times["step"].append(t3 - t0)
-            times["model"].append(model_time[0])
-            times["objective"].append(t1 - t0 - model_time[0])
+            times["forward"].append(t1 - t0)
             times["backward"].append(t2 - t1)
             times["optimizer"].append(t3 - t2)
+            if not compiled:
+                times["model"].append(model_time[0])
+                times["objective"].append(t1 - t0 - model_time[0])
     for h in hooks:
         h.remove()
     result = {k: statistics.median(v) for k, v in times.items()}
     result["audio_seconds_per_second"] = batch_size * window / cfg.data.sample_rate / result["step"]
-    result.update(device=str(dev), threads=torch.get_num_threads(), batch_size=batch_size,
-                  window_samples=window, objective_name=cfg.objective.objective, steps=steps,
-                  parameters=sum(p.numel() for p in module.parameters()))
+    result.update(first_step=first_step, compiled=compiled, device=str(dev), threads=torch.get_num_threads(),
+                  batch_size=batch_size, window_samples=window, objective_name=cfg.objective.objective,
+                  steps=steps, parameters=sum(p.numel() for p in module.parameters()))
     return result
 
 
@@ -96,10 +118,79 @@ def format_result(result: dict) -> str:
     lines = [
         f"objective {result['objective_name']}  device {result['device']}  threads {result['threads']}  "
         f"batch {result['batch_size']} x {result['window_samples']} samples  "
-        f"parameters {result['parameters']:,}  median of {result['steps']} steps",
+        f"parameters {result['parameters']:,}  {'compiled  ' if result['compiled'] else ''}"
+        f"median of {result['steps']} steps",
         f"  step        {result['step']:8.4f} s   ({result['audio_seconds_per_second']:.1f} audio-s/s)",
     ]
-    for part in ("model", "objective", "backward", "optimizer"):
+    parts = ("model", "objective") if "model" in result else ("forward",)
+    for part in (*parts, "backward", "optimizer"):
         share = 100 * result[part] / result["step"] if result["step"] else 0.0
         lines.append(f"  {part:<11} {result[part]:8.4f} s   ({share:4.1f} %)")
+    if result["compiled"]:
+        lines.append(f"  first step  {result['first_step']:8.4f} s   (compilation)")
+    return "\n".join(lines)
+
+
+def loader_benchmark(cfg: Config, data: str | Path, workers: list[int], seconds: float = 5.0,
+                     min_batches: int = 10) -> dict:
+    """Windows and audio seconds per second that training's data path delivers, per worker count.
+
+    Each worker count opens a fresh ``BatchStream`` at the start of epoch 0
+    (``cfg.data`` and ``cfg.train.batch_size`` as training uses them), waits
+    for its first batch (``startup``: worker start and the first reads), then
+    counts batches for ``seconds`` (at least ``min_batches``), crossing into
+    the next epoch if the corpus runs out.
+
+    Args:
+        data: a corpus folder or a manifest TSV, as ``audiossl train --data``.
+
+    Returns:
+        ``workers`` (one dict per count: ``num_workers``, ``batches``,
+        ``seconds``, ``startup``, ``windows_per_second``,
+        ``audio_seconds_per_second``), ``utterances`` and the setting.
+    """
+    if not workers or any(w < 0 for w in workers):
+        raise ValueError(f"worker counts must be 0 or more, got {workers}")
+    utterances, _ = load_corpus(data, speaker_level=cfg.data.speaker_level, progress=False)
+    try:
+        dataset = WindowDataset(utterances, cfg.data.window_samples, cfg.data.sample_rate, seed=cfg.train.seed)
+    except ValueError as e:
+        raise CorpusError(f"{data}: {e}") from None
+    window_seconds = cfg.data.window_samples / cfg.data.sample_rate
+    rows = []
+    for count in workers:
+        run_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=count))
+        stream = BatchStream(dataset, run_cfg, Distributed(), epoch=0, position=0)
+        start = time.perf_counter()
+        try:
+            stream.next()
+        except TrainingError as e:
+            raise CorpusError(f"{data}: {e}") from None
+        first = time.perf_counter()
+        batches = 0
+        while batches < min_batches or time.perf_counter() - first < seconds:
+            stream.next()
+            batches += 1
+        elapsed = time.perf_counter() - first
+        stream.close()
+        windows_per_second = batches * cfg.train.batch_size / elapsed
+        rows.append({"num_workers": count, "batches": batches, "seconds": elapsed, "startup": first - start,
+                     "windows_per_second": windows_per_second,
+                     "audio_seconds_per_second": windows_per_second * window_seconds})
+    return {"workers": rows, "utterances": len(dataset.utterances), "data": str(data),
+            "batch_size": cfg.train.batch_size, "window_samples": cfg.data.window_samples,
+            "sampler": cfg.data.sampler}
+
+
+def format_loader(result: dict, model_rate: float | None = None) -> str:
+    """One line per worker count; with ``model_rate`` (the step's audio-s/s), how many times it that is."""
+    lines = [f"loader {result['data']}: {result['utterances']} utterances, {result['sampler']} sampler, "
+             f"batch {result['batch_size']} x {result['window_samples']} samples"]
+    for row in result["workers"]:
+        line = (f"  {row['num_workers']} worker(s)  {row['windows_per_second']:9.1f} windows/s  "
+                f"{row['audio_seconds_per_second']:9.1f} audio-s/s  ({row['batches']} batches in "
+                f"{row['seconds']:.1f} s, first after {row['startup']:.2f} s)")
+        if model_rate:
+            line += f"  {row['audio_seconds_per_second'] / model_rate:.1f}x the model"
+        lines.append(line)
     return "\n".join(lines)

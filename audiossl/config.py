@@ -92,6 +92,7 @@ class TrainConfig:
     ckpt_every: int = 200  # steps between checkpoints (and always at the end)
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     max_minutes: float = 0.0  # wall-time budget of one run: checkpoint and stop after it (0: none)
+    compile: bool = False  # torch.compile the model and objective (first steps pay the compilation)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig, "train": TrainConfig}

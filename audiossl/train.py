@@ -15,6 +15,12 @@ files the scan finds unusable are skipped and listed in
 file that fails later has its windows replaced within their batch and is
 logged in ``read_errors.tsv``; a step whose loss or gradient is not finite is
 dropped, and ``max_nonfinite`` of them in a row stop the run without saving.
+
+The hot loop reads the device once per step (the loss and the gradient norm,
+one ``tolist``: the non-finite guard and the log line) and the metrics once
+per ``log_every`` window (:class:`MetricWindow`); on a GPU every other read
+would stall the host until the queued kernels ran. ``train_log.tsv`` lines
+are buffered and written at each log window and before each checkpoint.
 A killed run resumes from its last checkpoint with the same optimizer,
 scheduler, data position and RNG states, and ``train_log.tsv`` (step, loss,
 lr; one line per step, cut back to the checkpoint on resume) then reads as if
@@ -136,6 +142,17 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def compile_module(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)``, random ops drawn as in eager mode.
+
+    Inductor would otherwise generate its own random numbers for CPC's
+    negative sampling and MPC's masks: other draws than eager mode's from the
+    same seed, so a compiled run would not repeat an eager one, nor follow
+    its own checkpointed RNG state on resume.
+    """
+    return torch.compile(module, options={"fallback_random": True})
+
+
 def report_problems(problems: list[Problem], exp_dir: Path) -> None:
     path = exp_dir / "scan_problems.tsv"
     if not problems:
@@ -204,6 +221,10 @@ class BatchStream:
                             worker_init_fn=ignore_in_worker if workers else None)
         self._iterator = iter(loader)
 
+    def close(self) -> None:
+        """Drop the epoch's DataLoader iterator, which stops its worker processes."""
+        self._iterator = None
+
     def next(self) -> dict:
         while True:
             if self._iterator is None:
@@ -237,6 +258,37 @@ def unreadable_message(batches: int, failures: list[tuple[str, str]]) -> str:
         cause = "the files cannot be decoded: changed since the scan, or the storage is failing"
     shown = "; ".join(f"{path} ({reason})" for path, reason in dict(failures).items() if path in paths[:3])
     return f"{batches} batches in a row had no readable window, e.g. {shown}; {cause}"
+
+
+class MetricWindow:
+    """Per-step metrics summed on the device over one log window, read once at its end.
+
+    Sums are float64 and added in the order the per-step ``float()`` path
+    added them, so the logged means are the same to the bit; the window's
+    steps all come from one objective, so they share the metric names.
+    """
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None  # (metrics,) float64, on the device
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, names: list[str], values: torch.Tensor) -> None:
+        if self.sums is None:
+            self.names, self.sums = names, torch.zeros_like(values)
+        assert names == self.names, "metric names changed within a log window"
+        self.sums = self.sums + values
+        self.steps += 1
+
+    def read(self) -> dict[str, float]:
+        """Mean of each metric over the window's steps (one host-device sync)."""
+        if self.sums is None:
+            return {}
+        return {name: total / self.steps for name, total in zip(self.names, self.sums.tolist())}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = True, strict: bool = False) -> dict:
@@ -342,9 +394,13 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
                 print(f"note: {note}")
     if dist_info.is_main:
         (exp_dir / "config.yaml").write_text(yaml.safe_dump(cfg.flat(), sort_keys=False))
-    ddp_module = module
+    ddp_module = module  # what the loop calls; `module` stays the plain one that checkpoints save
     if dist_info.enabled:
         ddp_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        # Compile around DDP (its optimizer splits the graph at gradient buckets); the
+        # compiled wrapper shares the parameters, so state_dicts keep their plain names.
+        ddp_module = compile_module(ddp_module)
 
     stream = BatchStream(dataset, cfg, dist_info, epoch, position)
     writer = None
@@ -391,13 +447,26 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step",
                disable=not (progress and dist_info.is_main), dynamic_ncols=True)
     ddp_module.train()
-    sums: dict[str, float] = {}
-    logged_steps, window_start, nonfinite_run = 0, time.perf_counter(), 0
+    window = MetricWindow()
+    log_lines: list[str] = []  # train_log.tsv lines not yet written (see flush_log)
+    nonfinite_run = 0
     stops = held.enter_context(StopRequests(cfg.train.max_minutes, dist_info.enabled))
     last: dict[str, float] = {}
     stop = None
+
+    def flush_log() -> None:
+        """Write the buffered train_log.tsv lines: at each log window, and before each checkpoint,
+        so the log always reaches the checkpoint's step (resume cuts it back to there)."""
+        if dist_info.is_main and log_lines:
+            train_log.writelines(log_lines)
+            train_log.flush()
+        log_lines.clear()
+
     while step < cfg.train.max_steps:
-        finite, step_loss, step_metrics = True, 0.0, {}
+        # Everything stays on the device until the one read below: on a GPU each
+        # float() or bool() of a tensor stalls the host until the queue drains.
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        step_metrics = None
         for micro in range(cfg.train.accumulate):
             batch = stream.next()
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -405,27 +474,29 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
             sync = micro == cfg.train.accumulate - 1 or not dist_info.enabled
             with (contextlib.nullcontext() if sync else ddp_module.no_sync()), autocast(device):
                 loss, metrics = ddp_module(batch)
-            finite = finite and bool(torch.isfinite(loss.detach()))
-            step_loss += float(loss.detach()) / cfg.train.accumulate
             (loss / cfg.train.accumulate).backward()
-            for key, value in metrics.items():
-                step_metrics[key] = step_metrics.get(key, 0.0) + float(value) / cfg.train.accumulate
-        if dist_info.enabled:  # every rank must agree to skip; the log shows the mean loss
-            flags = torch.tensor([0.0 if finite else 1.0, step_loss], dtype=torch.float64, device=device)
-            dist.all_reduce(flags)
-            finite, step_loss = flags[0].item() == 0, flags[1].item() / dist_info.world_size
-        grad_norm = None
-        if finite:
-            # Clip (or only measure, max_norm=inf): a finite loss can still give a non-finite gradient.
-            max_norm = cfg.train.clip_grad if cfg.train.clip_grad > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm))
-            finite = math.isfinite(grad_norm)
-        if not finite:
+            # float64, as the Python floats these sums used to be: the logged values are the same to the bit.
+            step_loss = step_loss + loss.detach().double() / cfg.train.accumulate
+            values = torch.stack(list(metrics.values())).detach().double() / cfg.train.accumulate
+            step_metrics = values if step_metrics is None else step_metrics + values
+        if dist_info.enabled:
+            # The logged loss is the mean over ranks; a non-finite loss on any rank makes the
+            # sum non-finite everywhere, so every rank agrees to skip the step.
+            dist.all_reduce(step_loss)
+        # Clip (or only measure, max_norm=inf): a finite loss can still give a non-finite gradient.
+        # Clipping a step that is then dropped costs nothing: its gradients are discarded.
+        max_norm = cfg.train.clip_grad if cfg.train.clip_grad > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+        # The step's one host-device sync: the loss for the log and both halves of the finite test.
+        step_loss_value, grad_norm_value = torch.stack([step_loss, grad_norm.detach().double()]).tolist()
+        step_loss_value /= dist_info.world_size
+        if not (math.isfinite(step_loss_value) and math.isfinite(grad_norm_value)):
             # A non-finite loss or gradient would poison the weights: drop this step's gradients.
             optimizer.zero_grad(set_to_none=True)
             nonfinite_run += 1
             skipped += 1
             if nonfinite_run >= cfg.train.max_nonfinite:
+                flush_log()
                 raise TrainingError(f"{nonfinite_run} non-finite losses or gradients in a row at step {step + 1}; "
                                     f"stopping without saving (last checkpoint: {ckpt_path})")
             continue
@@ -435,22 +506,17 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        logged_steps += 1
         bar.update(1)
-        for key, value in step_metrics.items():
-            sums[key] = sums.get(key, 0.0) + value
-        if dist_info.is_main:
-            train_log.write(f"{step}\t{step_loss!r}\t{step_lr!r}\n")
-            train_log.flush()
+        window.add(list(metrics), step_metrics)
+        log_lines.append(f"{step}\t{step_loss_value!r}\t{step_lr!r}\n")
 
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            flush_log()
             skipped_windows += collect_read_errors()
-            elapsed = time.perf_counter() - window_start
-            last = {k: v / logged_steps for k, v in sums.items()}
+            last = window.read()  # the window's one read of the metrics
             last["lr"] = scheduler.get_last_lr()[0]
-            last["audio_seconds_per_second"] = audio_seconds_per_step * logged_steps / elapsed
-            if grad_norm is not None:
-                last["grad_norm"] = grad_norm
+            last["audio_seconds_per_second"] = audio_seconds_per_step * window.steps / window.elapsed()
+            last["grad_norm"] = grad_norm_value
             last["skipped_steps"] = skipped
             last["skipped_windows"] = skipped_windows
             if writer is not None:
@@ -462,10 +528,11 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
                 shown["acc"] = f"{last['accuracy']:.3f}"
             shown["audio_s_per_s"] = f"{last['audio_seconds_per_second']:.1f}"
             bar.set_postfix(shown)
-            sums, logged_steps, window_start = {}, 0, time.perf_counter()
+            window = MetricWindow()
         # A signal or the time budget ends the run early with a checkpoint; running again resumes.
         stop = stops.check() if step < cfg.train.max_steps else None  # the same on every rank
         if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps or stop:
+            flush_log()
             save()
         if stop:
             if dist_info.is_main:
@@ -474,6 +541,7 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
 
     # --- teardown ----------------------------------------------------------
     bar.close()
+    flush_log()
     if writer is not None:
         writer.close()
         train_log.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +13,8 @@ import yaml
 from audiossl.checkpoint import load_checkpoint
 from audiossl.cli import main
 from audiossl.data.corpus import read_manifest
+
+DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
 
 
 def as_args(overrides: dict) -> list[str]:
@@ -58,12 +62,31 @@ def test_bench_prints_the_split(tiny_overrides, tmp_path, capsys, one_thread):
     assert "batch 2 x 3200 samples" in out
 
 
+def test_bench_times_the_data_loader(tiny_overrides, tmp_path, capsys, one_thread):
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text(yaml.safe_dump(tiny_overrides))
+    argv = ["bench", "--config", str(conf), "--steps", "1", "--warmup", "0", "--device", "cpu", "--json",
+            "--data", str(DEMO), "--workers", "0,1", "--loader-seconds", "0.2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    loader = result["loader"]
+    assert loader["utterances"] == 112 and loader["batch_size"] == 4 and loader["window_samples"] == 3200
+    assert [row["num_workers"] for row in loader["workers"]] == [0, 1]
+    for row in loader["workers"]:
+        assert row["batches"] >= 10 and row["windows_per_second"] > 0
+        assert row["audio_seconds_per_second"] == pytest.approx(row["windows_per_second"] * 3200 / 16000)
+        assert f"  {row['num_workers']} worker(s) " in out
+    assert "x the model" in out
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--exp-dir", "{tmp}/exp", "no_such_key=1"], "no_such_key"),
     (["train", "--exp-dir", "{tmp}/exp", "context=rnn"], "context"),
     (["train", "--exp-dir", "{tmp}/exp", "lr"], "lr"),
     (["train", "--exp-dir", "{tmp}/exp", "--config", "{tmp}/missing.yaml"], "missing.yaml"),
     (["bench", "cpc_steps=many"], "cpc_steps"),
+    (["bench", "--data", "{tmp}/nowhere"], "nowhere"),
 ])
 def test_user_errors_are_one_line(argv, needle, tiny_corpus, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path) for a in argv]
