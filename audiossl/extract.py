@@ -159,7 +159,7 @@ def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], to
 
 
 def _check_chunkable(model: SSLModel, layers: Sequence[str]) -> None:
-    if getattr(model.frontend, "cmvn", False) or getattr(model.frontend, "normalize", False):
+    if getattr(model.frontend, "cmvn", False):
         raise FeatureError("per-utterance input normalization (cmvn) needs whole utterances: "
                            "extract with chunk_seconds=0")
     if any(name != "encoder" for name in layers) and not isinstance(model.context, (RecurrentContext, NoContext)):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiossl.config import build_config
-from audiossl.models.encoders import make_norm, strided_conv
+from audiossl.models.encoders import conv_method, make_norm, strided_conv
 from audiossl.objectives.infonce import contrastive_losses, sample_candidates, score_candidates
 
 
@@ -49,21 +49,15 @@ def conv1d(x, weight, bias, stride, padding):
     return F.conv1d(x.transpose(1, 2), weight, bias, stride, padding).transpose(1, 2).contiguous()
 
 
-def timed(fn, repeats_out: list[float]) -> None:
-    start = time.perf_counter()
-    fn()
-    repeats_out.append(time.perf_counter() - start)
-
-
 def compare(title: str, gflop: float, variants: dict, repeats: int) -> list[tuple[str, str, float, float, float]]:
     """Times each variant (alternating), returns table rows."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(repeats + 1):
         for name, fn in variants.items():
-            runs: list[float] = []
-            timed(fn, runs)
+            start = time.perf_counter()
+            fn()
             if i:  # the first round warms up
-                times[name].append(runs[0])
+                times[name].append(time.perf_counter() - start)
     rows = []
     for name, values in times.items():
         median = statistics.median(values)
@@ -106,7 +100,7 @@ def main() -> int:
             "F.conv1d": block(conv1d),
             "(1,k) Conv2d channels-last (before)": block(conv2d_channels_last),
         }
-        chosen = "taps" if -(-kernel // stride) > 1 and stride * channels > m.encoder_channels else "im2col"
+        chosen = conv_method(channels, m.encoder_channels, kernel, stride)
         title = f"conv{i + 1} {channels}->{m.encoder_channels} k{kernel} s{stride} ({out_frames} frames; auto={chosen})"
         rows += compare(title, gflop, variants, args.repeats)
         channels, frames = m.encoder_channels, out_frames

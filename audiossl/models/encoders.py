@@ -51,6 +51,13 @@ class _ShiftedSum(torch.autograd.Function):
         return out, None
 
 
+def conv_method(in_channels: int, out_channels: int, kernel: int, stride: int) -> str:
+    """What ``strided_conv``'s ``auto`` takes: ``taps`` when the strided view's rows
+    (``stride * in``) are wider than the output and there is more than one of
+    them per output frame (every downsampling conv after the first), else ``im2col``."""
+    return "taps" if -(-kernel // stride) > 1 and stride * in_channels > out_channels else "im2col"
+
+
 def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
                  padding: int, method: str = "auto") -> torch.Tensor:
     """``Conv1d`` on channels-last frames, computed as one matrix product.
@@ -72,9 +79,7 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
       ``unfold`` of the padded input, ``k / s`` times its size, copied once)
       times the ``(out, in k)`` weight.
 
-    ``auto`` takes ``taps`` when the view's rows are wider than the output's
-    (``s in > out``: every downsampling conv after the first) and ``im2col``
-    otherwise (the first layer, whose input has one channel).
+    ``auto`` chooses by :func:`conv_method`.
 
     Args:
         x: (batch, frames, in_channels).
@@ -94,7 +99,7 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     # Right padding may be negative: input frames that no output reads are cut off.
     x = F.pad(x, (0, 0, padding, rows * stride - frames - padding))  # (B, rows * s, C)
     if method == "auto":
-        method = "taps" if m > 1 and stride * channels > out_channels else "im2col"
+        method = conv_method(channels, out_channels, kernel, stride)
     if method == "im2col":
         # Each output frame's k input frames, (B, out, C, k) as a view, copied once into the matrix.
         cols = x.unfold(1, kernel, stride).reshape(batch, out_frames, channels * kernel)

@@ -22,7 +22,7 @@ class WaveformFrontend(nn.Module):
     """Passes samples through as a one-channel sequence (CPC, wav2vec).
 
     Args:
-        normalize: standardize each waveform to zero mean and unit variance
+        cmvn: standardize each waveform to zero mean and unit variance
             over its valid samples, as wav2vec 2.0 does (``normalize: true``
             in fairseq); a training window is standardized on its own, an
             extracted utterance as a whole.
@@ -32,14 +32,14 @@ class WaveformFrontend(nn.Module):
     receptive_field = 1
     out_dim = 1
 
-    def __init__(self, normalize: bool = False):
+    def __init__(self, cmvn: bool = False):
         super().__init__()
-        self.normalize = normalize
+        self.cmvn = cmvn
 
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = length_mask(lengths, wavs.shape[1])
         wavs = wavs * mask
-        if self.normalize:
+        if self.cmvn:
             count = lengths.clamp(min=1).unsqueeze(1).to(wavs.dtype)
             mean = wavs.sum(1, keepdim=True) / count
             var = (((wavs - mean) * mask) ** 2).sum(1, keepdim=True) / count
@@ -93,7 +93,7 @@ class LogMelFrontend(nn.Module):
 
 def build_frontend(name: str, sample_rate: int, n_mels: int, cmvn: bool) -> nn.Module:
     if name == "waveform":
-        return WaveformFrontend(normalize=cmvn)
+        return WaveformFrontend(cmvn)
     if name == "logmel":
         return LogMelFrontend(sample_rate, n_mels, cmvn)
     raise ValueError(f"unknown frontend {name!r}")
