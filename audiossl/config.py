@@ -43,6 +43,7 @@ class ModelConfig:
     encoder_paddings: list[int] = field(default_factory=lambda: [3, 2, 1, 1, 1])  # CPC_audio's
     encoder_norm: str = "channel"  # batch (paper) | channel (per-frame, CPC_audio) | none
     encoder_init: str = "default"  # default (PyTorch's) | filterbank (first conv: mel-spaced Gabor band-pass pairs)
+    encoder_first: str = "conv"  # conv (conv, norm, ReLU) | log_envelope (first conv's channel pairs -> log band power)
     context: str = "gru"  # gru | lstm | transformer | none | npc (masked-conv blocks, NPC)
     context_dim: int = 256  # hidden size of the context network
     context_layers: int = 1  # recurrent or Transformer layers
@@ -265,6 +266,11 @@ def validate(cfg: Config) -> None:
                                            or m.encoder_kernels[0] < 32):
         raise ConfigError("encoder_init: filterbank needs frontend: waveform and a first conv kernel of at least "
                           f"32 samples (got encoder_kernels={m.encoder_kernels})")
+    _choice("encoder_first", m.encoder_first, ("conv", "log_envelope"))
+    if m.encoder_first == "log_envelope" and (m.frontend != "waveform" or not m.encoder_kernels
+                                              or m.encoder_channels % 2):
+        raise ConfigError("encoder_first: log_envelope needs frontend: waveform, at least one conv and an even "
+                          f"encoder_channels (got {m.encoder_channels})")
     _choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
     _choice("mpc_head", o.mpc_head, ("mlp", "linear"))
     _choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))

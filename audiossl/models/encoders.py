@@ -181,6 +181,36 @@ class ConvBlock(nn.Module):
         return x, lengths
 
 
+class LogEnvelopeBlock(ConvBlock):
+    """A first conv read as a complex filterbank: each (even, odd) channel pair's log power.
+
+    Channels ``2i`` and ``2i + 1`` are taken as the real and imaginary parts
+    of one band-pass filter (a cosine/sine Gabor pair under the filterbank
+    init), so ``log(re^2 + im^2 + eps)`` is that band's log envelope, smooth
+    at the conv's output rate whatever the phase, as a log-mel filterbank is.
+    No norm and no ReLU follow: the output is ``out_channels // 2`` log
+    bands, the input the next (strided) conv learns to pool, and every weight
+    stays learned.
+    """
+
+    eps = 1e-6  # the log's floor on band power (unit-variance input, unit-norm filters)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int):
+        if out_channels % 2:
+            raise ValueError(f"a log-envelope first conv needs an even channel count, got {out_channels}")
+        super().__init__(in_channels, out_channels, kernel, stride, padding, "none")
+        self.out_channels = out_channels // 2
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
+        x = x.unflatten(-1, (-1, 2))  # (B, T', bands, 2): the pairs are adjacent channels
+        x = torch.log(x.square().sum(-1) + self.eps)
+        lengths = self.output_lengths(lengths).clamp(min=0)
+        if x.device.type != "cpu" or bool((lengths < x.shape[1]).any()):
+            x = x * length_mask(lengths, x.shape[1]).unsqueeze(-1)
+        return x, lengths
+
+
 def mel_gabor_filterbank(channels: int, kernel: int, sample_rate: int = 16000, low_hz: float = 60.0,
                          high_hz: float | None = None) -> torch.Tensor:
     """Band-pass filters for a first conv: cosine and sine Gabor pairs at mel-spaced centres.
@@ -224,14 +254,23 @@ class ConvEncoder(nn.Module):
             padded frames of a batch; training windows are all full length.
         init: ``default`` (PyTorch's) | ``filterbank``: the first conv starts
             as :func:`mel_gabor_filterbank` with zero bias (waveform input).
+        first: ``conv`` (conv, norm, ReLU like the others) | ``log_envelope``:
+            the first block is a :class:`LogEnvelopeBlock`, so its
+            ``channels / 2`` outputs are log band envelopes.
         sample_rate: of the waveform, for the filterbank's frequencies.
     """
 
     def __init__(self, in_dim: int, spec: list[tuple[int, int, int, int]], norm: str = "channel",
-                 init: str = "default", sample_rate: int = 16000):
+                 init: str = "default", sample_rate: int = 16000, first: str = "conv"):
         super().__init__()
+        if first not in ("conv", "log_envelope"):
+            raise ValueError(f"unknown first encoder block {first!r}")
         blocks, channels = [], in_dim
-        for out_channels, kernel, stride, padding in spec:
+        for i, (out_channels, kernel, stride, padding) in enumerate(spec):
+            if i == 0 and first == "log_envelope":
+                blocks.append(LogEnvelopeBlock(channels, out_channels, kernel, stride, padding))
+                channels = out_channels // 2
+                continue
             blocks.append(ConvBlock(channels, out_channels, kernel, stride, padding, norm))
             channels = out_channels
         self.blocks = nn.ModuleList(blocks)
