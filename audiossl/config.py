@@ -44,6 +44,7 @@ class ModelConfig:
     encoder_norm: str = "channel"  # batch (paper) | channel (per-frame, CPC_audio) | none
     encoder_init: str = "default"  # default (PyTorch's) | filterbank (first conv: mel-spaced Gabor band-pass pairs)
     encoder_first: str = "conv"  # conv (conv, norm, ReLU) | log_envelope (first conv's channel pairs -> log band power)
+    encoder_envelope_pool: int = 1  # log_envelope: odd count of first-conv frames whose band power is averaged
     context: str = "gru"  # gru | lstm | transformer | none | npc (masked-conv blocks, NPC)
     context_dim: int = 256  # hidden size of the context network
     context_layers: int = 1  # recurrent or Transformer layers
@@ -271,6 +272,8 @@ def validate(cfg: Config) -> None:
                                               or m.encoder_channels % 2):
         raise ConfigError("encoder_first: log_envelope needs frontend: waveform, at least one conv and an even "
                           f"encoder_channels (got {m.encoder_channels})")
+    if m.encoder_envelope_pool < 1 or m.encoder_envelope_pool % 2 == 0:
+        raise ConfigError(f"encoder_envelope_pool must be an odd number of frames, got {m.encoder_envelope_pool}")
     _choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
     _choice("mpc_head", o.mpc_head, ("mlp", "linear"))
     _choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))

@@ -95,6 +95,9 @@ def test_log_envelope_first_block_is_the_log_power_of_each_filter_pair():
     bands, _ = first(tone.view(1, -1, 1), torch.tensor([3200]))
     centres = torch.fft.rfft(first.conv.weight[0::2, 0], n=16000).abs().argmax(1)
     assert int(bands[0, 100:-100].mean(0).argmax()) == int((centres - 1000).abs().argmin())
+    pooled = tiny_model(encoder_init="filterbank", encoder_first="log_envelope", encoder_envelope_pool=31,
+                        encoder_kernels=[400, 8, 4, 4, 4], encoder_paddings=[198, 2, 1, 1, 1])
+    assert pooled.receptive_field == model.receptive_field + 30 * 5  # 30 more first-conv frames of 5 samples
     with pytest.raises(ConfigError, match="log_envelope"):
         build_config(overrides={"frontend": "logmel", "encoder_first": "log_envelope"})
 
@@ -142,6 +145,8 @@ PADDING_CASES = [
      "encoder_paddings": [198, 2, 1, 1, 1]},
     {"context": "gru", "cmvn": True, "encoder_init": "filterbank", "encoder_first": "log_envelope",
      "encoder_kernels": [400, 8, 4, 4, 4], "encoder_paddings": [198, 2, 1, 1, 1]},
+    {"context": "gru", "cmvn": True, "encoder_init": "filterbank", "encoder_first": "log_envelope",
+     "encoder_envelope_pool": 31, "encoder_kernels": [400, 8, 4, 4, 4], "encoder_paddings": [198, 2, 1, 1, 1]},
     {"context": "gru", "frontend": "logmel", "cmvn": True, "encoder_kernels": [3], "encoder_strides": [1],
      "encoder_paddings": [1]},
     {"context": "transformer", "frontend": "logmel", "encoder_kernels": [], "encoder_strides": [],

@@ -157,6 +157,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, padding)  # holds weight and init
         self.norm = make_norm(norm, out_channels)
         self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.span, self.left = kernel, padding  # input steps one output frame reads; of them, before stride * t
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before 0.2 hold the weight as a (out, in, 1, kernel) Conv2d's.
@@ -170,7 +171,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
-        x = torch.relu(self.norm(x))  # (B, T', C)
+        x = torch.relu_(self.norm(x))  # (B, T', C); in place: neither the norm nor the conv keeps its output for backward
         lengths = self.output_lengths(lengths).clamp(min=0)
         # Zero the frames past each sequence's end: the next conv then sees the
         # same zeros a per-utterance run pads with. On the CPU the test is free
@@ -188,6 +189,9 @@ class LogEnvelopeBlock(ConvBlock):
     of one band-pass filter (a cosine/sine Gabor pair under the filterbank
     init), so ``log(re^2 + im^2 + eps)`` is that band's log envelope, smooth
     at the conv's output rate whatever the phase, as a log-mel filterbank is.
+    With ``pool > 1`` the band power is first averaged over ``pool`` frames
+    (centred, zeros past the ends), as a spectrogram averages power over its
+    window before the log: it smooths the pitch-rate beating inside each band.
     No norm and no ReLU follow: the output is ``out_channels // 2`` log
     bands, the input the next (strided) conv learns to pool, and every weight
     stays learned.
@@ -195,19 +199,28 @@ class LogEnvelopeBlock(ConvBlock):
 
     eps = 1e-6  # the log's floor on band power (unit-variance input, unit-norm filters)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, pool: int = 1):
         if out_channels % 2:
             raise ValueError(f"a log-envelope first conv needs an even channel count, got {out_channels}")
+        if pool < 1 or pool % 2 == 0:
+            raise ValueError(f"the envelope's pooling must be an odd number of frames, got {pool}")
         super().__init__(in_channels, out_channels, kernel, stride, padding, "none")
-        self.out_channels = out_channels // 2
+        self.out_channels, self.pool = out_channels // 2, pool
+        self.span, self.left = kernel + (pool - 1) * stride, padding + pool // 2 * stride
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
-        x = x.unflatten(-1, (-1, 2))  # (B, T', bands, 2): the pairs are adjacent channels
-        x = torch.log(x.square().sum(-1) + self.eps)
+        power = x.unflatten(-1, (-1, 2)).square().sum(-1)  # (B, T', bands): the pairs are adjacent channels
         lengths = self.output_lengths(lengths).clamp(min=0)
-        if x.device.type != "cpu" or bool((lengths < x.shape[1]).any()):
-            x = x * length_mask(lengths, x.shape[1]).unsqueeze(-1)
+        padded = x.device.type != "cpu" or bool((lengths < x.shape[1]).any())
+        mask = length_mask(lengths, x.shape[1]).unsqueeze(-1) if padded else None
+        if self.pool > 1:
+            if mask is not None:
+                power = power * mask  # the frames past the end count as silence, as one utterance's padding does
+            power = F.avg_pool1d(power.transpose(1, 2), self.pool, 1, self.pool // 2).transpose(1, 2)
+        x = torch.log(power + self.eps)
+        if mask is not None:
+            x = x * mask
         return x, lengths
 
 
@@ -257,18 +270,19 @@ class ConvEncoder(nn.Module):
         first: ``conv`` (conv, norm, ReLU like the others) | ``log_envelope``:
             the first block is a :class:`LogEnvelopeBlock`, so its
             ``channels / 2`` outputs are log band envelopes.
+        envelope_pool: with ``log_envelope``, frames of band power averaged before the log.
         sample_rate: of the waveform, for the filterbank's frequencies.
     """
 
     def __init__(self, in_dim: int, spec: list[tuple[int, int, int, int]], norm: str = "channel",
-                 init: str = "default", sample_rate: int = 16000, first: str = "conv"):
+                 init: str = "default", sample_rate: int = 16000, first: str = "conv", envelope_pool: int = 1):
         super().__init__()
         if first not in ("conv", "log_envelope"):
             raise ValueError(f"unknown first encoder block {first!r}")
         blocks, channels = [], in_dim
         for i, (out_channels, kernel, stride, padding) in enumerate(spec):
             if i == 0 and first == "log_envelope":
-                blocks.append(LogEnvelopeBlock(channels, out_channels, kernel, stride, padding))
+                blocks.append(LogEnvelopeBlock(channels, out_channels, kernel, stride, padding, envelope_pool))
                 channels = out_channels // 2
                 continue
             blocks.append(ConvBlock(channels, out_channels, kernel, stride, padding, norm))
@@ -287,9 +301,9 @@ class ConvEncoder(nn.Module):
         self.hop = math.prod(s for _, _, s, _ in spec)
         self.receptive_field = 1
         jump = 1
-        for _, kernel, stride, _ in spec:
-            self.receptive_field += (kernel - 1) * jump
-            jump *= stride
+        for block in self.blocks:
+            self.receptive_field += (block.span - 1) * jump
+            jump *= block.stride
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
