@@ -17,6 +17,7 @@ import sys
 
 import yaml
 
+from audiossl.allocator import reexec_under_tcmalloc
 from audiossl.atomic import DiskFullError
 from audiossl.audio import AudioError
 from audiossl.checkpoint import CheckpointError
@@ -491,6 +492,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if argv is None:  # run as a program, not called from Python: the process is ours to replace
+        reexec_under_tcmalloc(args.command, sys.argv[1:])
     try:
         return args.func(args)
     except USER_ERRORS as e:
