@@ -63,8 +63,8 @@ class UpstreamExpert(nn.Module):
         """Hidden states of a batch of 1-D waveforms, zero past each one's frames.
 
         Returns:
-            ``{"hidden_states": [(batch, frames, dim), ...], "last_hidden_state": ...,
-            "layer_names": names}`` plus each layer by its audiossl name.
+            ``{"hidden_states": [(batch, frames, dim), ...], "last_hidden_state": ...}``
+            plus each layer by its audiossl name (:attr:`layers`, in order).
         """
         if not wavs or any(w.dim() != 1 for w in wavs):
             raise ValueError(f"expected a list of 1-D waveforms, got shapes {[tuple(w.shape) for w in wavs]}")
@@ -72,8 +72,7 @@ class UpstreamExpert(nn.Module):
         padded = nn.utils.rnn.pad_sequence(wavs, batch_first=True)
         feats, _ = self.model.extract_features(padded, lengths, self.layers)
         hidden = [feats[name][0] for name in self.layers]
-        return {"hidden_states": hidden, "last_hidden_state": hidden[-1], "layer_names": list(self.layers),
-                **dict(zip(self.layers, hidden))}
+        return {"hidden_states": hidden, "last_hidden_state": hidden[-1], **dict(zip(self.layers, hidden))}
 
 
 def audiossl_local(ckpt: str, *args, **kwargs) -> UpstreamExpert:
