@@ -41,7 +41,7 @@ class ModelConfig:
     encoder_kernels: list[int] = field(default_factory=lambda: [10, 8, 4, 4, 4])  # one per conv
     encoder_strides: list[int] = field(default_factory=lambda: [5, 4, 2, 2, 2])  # product = hop
     encoder_paddings: list[int] = field(default_factory=lambda: [3, 2, 1, 1, 1])  # CPC_audio's
-    encoder_norm: str = "channel"  # batch (paper) | channel (per-frame, CPC_audio) | none
+    encoder_norm: str = "channel"  # batch (paper) | channel (per-frame) | channel_unbiased (CPC_audio's exact) | none
     encoder_init: str = "default"  # default (PyTorch's) | filterbank (first conv: mel-spaced Gabor band-pass pairs)
     encoder_first: str = "conv"  # conv (conv, norm, ReLU) | log_envelope (first conv's channel pairs -> log band power)
     encoder_envelope_pool: int = 1  # log_envelope: odd count of first-conv frames whose band power is averaged
@@ -261,7 +261,7 @@ def validate(cfg: Config) -> None:
     d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
     _choice("sampler", d.sampler, ("uniform", "same_speaker"))
     _choice("frontend", m.frontend, ("waveform", "logmel"))
-    _choice("encoder_norm", m.encoder_norm, ("batch", "channel", "none"))
+    _choice("encoder_norm", m.encoder_norm, ("batch", "channel", "channel_unbiased", "none"))
     _choice("encoder_init", m.encoder_init, ("default", "filterbank"))
     if m.encoder_init == "filterbank" and (m.frontend != "waveform" or not m.encoder_kernels
                                            or m.encoder_kernels[0] < 32):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with audiossl
-# installed in editable mode (with the test extra), plus Debian's flite and
-# sox for the corpus builder and tcmalloc for training (audiossl/allocator.py)
-# when we may install them.
+# installed in editable mode (with the test extra and s3prl, which the s3prl
+# upstream's tests run against), plus Debian's flite and sox for the corpus
+# builder and tcmalloc for training (audiossl/allocator.py) when we may
+# install them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,5 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,s3prl]"
 echo "setup: done; activate with '. .venv/bin/activate'"

@@ -119,17 +119,28 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 class ChannelNorm(nn.Module):
     """Normalizes each frame over its channels, with a learned scale and shift.
 
-    CPC_audio's ``ChannelNorm`` (it divides by the unbiased standard
-    deviation; this is a layer norm over the last dimension of channels-last
-    frames, so it needs no transpose).
+    A layer norm over the last dimension of channels-last frames, so it needs
+    no transpose. ``unbiased`` divides by the unbiased standard deviation, as
+    CPC_audio's ``ChannelNorm`` does (``x.var(dim=1)``, eps 1e-5), so that its
+    converted checkpoints give its features exactly (``encoder_norm:
+    channel_unbiased``). Computed as the same fused layer norm: with C
+    channels, ``(x - m) / sqrt(var_n-1 + eps)`` equals ``sqrt((C-1)/C) (x -
+    m) / sqrt(var_n + eps (C-1)/C)``.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-5):
+    def __init__(self, channels: int, eps: float = 1e-5, unbiased: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(channels, eps=eps)
+        self.unbiased = unbiased
+        if unbiased and channels < 2:
+            raise ValueError("an unbiased channel norm needs at least 2 channels")
+        self.shrink = (channels - 1) / channels if unbiased else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, C)
-        return self.norm(x)
+        if not self.unbiased:
+            return self.norm(x)
+        return F.layer_norm(x, self.norm.normalized_shape, self.norm.weight * self.shrink ** 0.5, self.norm.bias,
+                            self.norm.eps * self.shrink)
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -142,8 +153,8 @@ class BatchNorm(nn.BatchNorm1d):
 def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return BatchNorm(channels)
-    if kind == "channel":
-        return ChannelNorm(channels)
+    if kind in ("channel", "channel_unbiased"):
+        return ChannelNorm(channels, unbiased=kind == "channel_unbiased")
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown encoder norm {kind!r}")
@@ -263,7 +274,8 @@ class ConvEncoder(nn.Module):
     Args:
         in_dim: channels of the input frames (1 for waveforms).
         spec: one ``(channels, kernel, stride, padding)`` per block.
-        norm: ``batch`` | ``channel`` | ``none``. Batch statistics include the
+        norm: ``batch`` | ``channel`` | ``channel_unbiased`` (CPC_audio's
+            exact channel norm) | ``none``. Batch statistics include the
             padded frames of a batch; training windows are all full length.
         init: ``default`` (PyTorch's) | ``filterbank``: the first conv starts
             as :func:`mel_gabor_filterbank` with zero bias (waveform input).
