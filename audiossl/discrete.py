@@ -280,6 +280,21 @@ def sample_frames(features: FeatureSet, ids: Sequence[str], max_frames: int, see
     return out
 
 
+def _moments(sample: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation (float64, two passes of ``chunk`` rows: no full-size copy);
+    a dimension more constant than ``MIN_STD`` gets a standard deviation of 1."""
+    mean = np.zeros(sample.shape[1])
+    for start in range(0, len(sample), chunk):
+        mean += sample[start: start + chunk].sum(0, dtype=np.float64)
+    mean /= max(len(sample), 1)
+    squares = np.zeros(sample.shape[1])
+    for start in range(0, len(sample), chunk):
+        squares += ((sample[start: start + chunk] - mean) ** 2).sum(0)
+    std = np.sqrt(squares / max(len(sample), 1))
+    std[std < MIN_STD] = 1.0
+    return mean, std
+
+
 def _settings_record(features: FeatureSet, split: str | Path | None, settings: FitSettings) -> dict:
     return {"features": str(features.folder.resolve()), "layer": features.name,
             "split": str(Path(split).resolve()) if split is not None else None,
@@ -331,10 +346,9 @@ def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context",
         raise UnitsError(f"{features.folder}: the sampled frames hold NaN or infinite values")
     mean = std = None
     if settings.standardize:
-        mean = sample.mean(0, dtype=np.float64)
-        std = sample.std(0, dtype=np.float64)
-        std[std < MIN_STD] = 1.0
-        sample = ((sample - mean) / std).astype(np.float32)
+        mean, std = _moments(sample)
+        sample -= mean.astype(np.float32)  # in place: the sample may be gigabytes
+        sample /= std.astype(np.float32)
     device = torch.device(device)
     batches = math.ceil(len(sample) / settings.kmeans.batch_size)
     bar = tqdm(total=batches, desc="k-means epoch 1", unit="batch", disable=not progress, dynamic_ncols=True)

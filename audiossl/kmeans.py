@@ -45,6 +45,8 @@ import torch
 __all__ = ["KMeansResult", "KMeansSettings", "assign", "kmeans_plusplus", "minibatch_kmeans", "restart_dead_centres",
            "squared_distances"]
 
+MAX_DRAW = 1 << 24  # most points a dead centre's restart draws from (torch.multinomial's limit)
+
 
 @dataclass
 class KMeansSettings:
@@ -155,7 +157,7 @@ def restart_dead_centres(x: torch.Tensor, centroids: torch.Tensor, counts: torch
 
     The points are drawn without replacement with probability proportional
     to their squared distance from their nearest centre, as k-means++ draws
-    its candidates; a moved centre's count becomes the smallest live count,
+    its candidates (from a random ``MAX_DRAW`` of them when there are more); a moved centre's count becomes the smallest live count,
     so that its first points move it as much as they would move the others.
 
     Args:
@@ -167,6 +169,8 @@ def restart_dead_centres(x: torch.Tensor, centroids: torch.Tensor, counts: torch
     """
     live = torch.ones(len(centroids), dtype=torch.bool, device=centroids.device)
     live[dead] = False
+    if len(x) > MAX_DRAW:  # torch.multinomial draws from at most 2^24 categories
+        x = x[torch.randperm(len(x), generator=generator, device=x.device)[:MAX_DRAW]]
     _, distances = assign(x, centroids[live]) if bool(live.any()) else (None, torch.ones(len(x), device=x.device))
     picks = torch.multinomial(distances.clamp(min=1e-12), len(dead), replacement=False, generator=generator)
     centroids[dead] = x[picks]

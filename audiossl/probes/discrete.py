@@ -155,8 +155,8 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
     listed = _read(load_split, split) if split is not None else list(reference.num_frames)
     unlabelled = [u for u in listed if u not in labels]
     scored = [u for u in listed if u in labels]
-    fit_ids = [u for u in model.fit_ids if u not in set(scored)]
-    wanted = scored + fit_ids
+    scored_set = set(scored)
+    wanted = scored + [u for u in model.fit_ids if u not in scored_set]
     sets = _with_baselines([reference], baselines, wanted, device, num_workers, progress,
                            _audio(data, wanted, progress))
     for features in sets:
@@ -164,7 +164,7 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
             raise ProbeError(f"{features.folder}: features at {features.frame_rate:g} frames/s; the phone labels "
                              f"are at {LABEL_RATE:g} per second")
     unextracted = [u for u in scored if any(u not in fs.num_frames for fs in sets)]
-    ids = [u for u in scored if u not in set(unextracted)]
+    ids = [u for u in scored if all(u in fs.num_frames for fs in sets)]
     if not ids:
         raise ProbeError(f"no utterance of {split or reference.folder} has both labels in {alignments} and "
                          f"features in every feature set")
