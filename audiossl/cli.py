@@ -422,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("probe", help="linear phone or speaker, ABX and CTC probes on frozen features, beside "
-                       "MFCC/log-mel")
+    p = sub.add_parser("probe", help="linear phone or speaker, ABX, CTC and discrete-unit probes on frozen "
+                       "features, beside MFCC/log-mel")
     tasks = p.add_subparsers(dest="task", required=True)
     shared = argparse.ArgumentParser(add_help=False)
     source = shared.add_mutually_exclusive_group(required=True)
