@@ -54,6 +54,15 @@ def test_kmeans_recovers_well_separated_clusters(seed):
     assert result.inertia == pytest.approx(float(((points.numpy() - centres[truth]) ** 2).sum(1).mean()), rel=0.05)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_on_cuda_recovers_the_clusters_and_assigns_as_the_cpu():
+    points, truth, _ = blobs(8, 300, 6, seed=0)
+    result = minibatch_kmeans(points.cuda(), KMeansSettings(k=8, batch_size=256))
+    found, _ = assign(points.cuda(), result.centroids)
+    assert len(set(zip(truth.tolist(), found.cpu().tolist()))) == 8
+    assert torch.equal(found.cpu(), assign(points, result.centroids.cpu())[0])
+
+
 def test_kmeans_is_seeded():
     points, _, _ = blobs(6, 200, 4, seed=3, spread=1.5)  # overlapping: the answer depends on the draws
     settings = KMeansSettings(k=10, batch_size=100, seed=7)
