@@ -23,6 +23,7 @@ from audiossl.audio import AudioError
 from audiossl.checkpoint import CheckpointError
 from audiossl.config import ConfigError, build_config, parse_overrides
 from audiossl.data.corpus import CorpusError
+from audiossl.discrete import UnitsError
 from audiossl.extract import FeatureError
 from audiossl.lock import FolderLocked
 from audiossl.probes import BASELINES, ProbeError
@@ -31,7 +32,7 @@ from audiossl.stopping import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_US
 
 # Errors that are the user's to fix: one line, no traceback.
 USER_ERRORS = (ConfigError, CorpusError, AudioError, CheckpointError, FeatureError, ProbeError, FileNotFoundError,
-               ResumeError, FolderLocked)
+               ResumeError, FolderLocked, UnitsError)
 
 
 def _config_from(args: argparse.Namespace):
@@ -284,6 +285,61 @@ def cmd_probe_ctc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_units(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from audiossl.discrete import FitSettings, UnitModel, assign_units, fit_units
+    from audiossl.kmeans import KMeansSettings
+
+    device, progress = _device(args.device), not args.no_progress
+    if args.action == "assign":
+        model = UnitModel(args.units)
+        print(f"# assigning the {model.k} units of {args.units} to {args.features}/{args.layer or model.layer} "
+              f"into {args.out}")
+        done = assign_units(model, args.features, args.out, args.layer, args.split, args.onehot, device, progress)
+        print(f"{args.out}: {done['utterances']} utterances ({done['reused']} kept from an earlier run, "
+              f"{done['written']} written), {done['frames']:,} frames, {done['units_used']} of {model.k} units used"
+              + (f"; {done['missing']} listed utterance(s) have no features" if done["missing"] else ""))
+        return 0
+    try:
+        settings = FitSettings(KMeansSettings(args.k, args.batch_size, args.max_epochs, args.tol, args.init_size,
+                                              args.seed), args.max_frames, not args.no_standardize)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(f"# k-means on {args.features}/{args.layer} into {args.out}: {json.dumps(dataclasses.asdict(settings))}")
+    model, fitted = fit_units(args.features, args.out, args.layer, settings, args.split, device, progress)
+    fit = model.record["fit"]
+    print(f"{args.out}: " + ("fitted" if fitted else "fitted before with the same settings, kept")
+          + f": k={model.k} on {fit['frames_used']:,} of {fit['frames_available']:,} frames of {fit['utterances']} "
+          f"utterances, {fit['epochs']} epoch(s) ({'converged' if fit['converged'] else 'epoch limit'}), mean "
+          f"squared distance {fit['inertia']:.4g}, {fit['empty_clusters']} empty cluster(s)")
+    return 0
+
+
+def cmd_probe_units(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from audiossl.probes.abx import ABXSettings
+    from audiossl.probes.discrete import format_units_report, units_probe, write_units_outputs
+
+    try:
+        abx = ABXSettings(args.context, "angular", args.max_triples_per_item, 0, args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    baselines = args.baselines if args.baselines is not None else ["mfcc", "logmel"]
+    print(f"# units probe of {args.units} on {args.features}: floors {', '.join(baselines) or 'none'}; "
+          f"abx {json.dumps(dataclasses.asdict(abx))}")
+    report = units_probe(args.units, args.features, args.alignments, split=args.split, phones=args.phones,
+                         baselines=baselines, data=args.data, abx=abx, out=args.out, device=_device(args.device),
+                         num_workers=args.num_workers, progress=not args.no_progress)
+    table = format_units_report(report)
+    print(table)
+    if args.out:
+        write_units_outputs(report, table, args.out)
+        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -396,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("probe", help="linear phone or speaker, ABX and CTC probes on frozen features, beside "
-                       "MFCC/log-mel")
+    p = sub.add_parser("probe", help="linear phone or speaker, ABX, CTC and discrete-unit probes on frozen "
+                       "features, beside MFCC/log-mel")
     tasks = p.add_subparsers(dest="task", required=True)
     shared = argparse.ArgumentParser(add_help=False)
     source = shared.add_mutually_exclusive_group(required=True)
@@ -488,6 +544,60 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sp-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece model type")
     t.add_argument("--units", help="sentencepiece model file, trained if absent (default: OUT/units.model)")
     t.set_defaults(func=cmd_probe_ctc)
+    t = tasks.add_parser("units", help="discrete units against phone labels: purity, PNMI and ABX of one-hot units, "
+                         "beside k-means on the floors")
+    t.add_argument("--units", required=True, help="an audiossl units fit folder")
+    t.add_argument("--features", required=True, help="the audiossl extract folder holding the units' layer")
+    t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt")
+    t.add_argument("--phones", help="phone inventory (phones.txt): number of classes and the silence class SIL")
+    t.add_argument("--split", help="utterance ids to score (CPC's test_split.txt; default: all)")
+    t.add_argument("--data", help="corpus folder or manifest of the floors' audio (default: the features' audio)")
+    t.add_argument("--baselines", type=_names, default=None,
+                   help="hand-made floors clustered with the same settings (default: mfcc,logmel; 'none' for none)")
+    t.add_argument("--context", choices=["triphone", "none"], default="triphone", help="ABX context rule")
+    t.add_argument("--max-triples-per-item", type=int, default=20, help="ABX (A, B) pairs per X item (0: all)")
+    t.add_argument("--seed", type=int, default=1, help="ABX triple sampling")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for the floors")
+    t.add_argument("--out", help="output folder: metrics.json, report.txt and the floors' k-means (kmeans_<floor>)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_probe_units)
+
+    from audiossl.discrete import ONEHOT_FORMATS, FitSettings
+
+    fit_defaults = FitSettings()
+    p = sub.add_parser("units", help="discrete units: k-means on extracted features (fit), unit sequences (assign)")
+    actions = p.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--features", required=True, help="an audiossl extract output folder")
+    common.add_argument("--out", required=True, help="output folder")
+    common.add_argument("--split", help="only the utterances listed (one id per line; default: all)")
+    common.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t = actions.add_parser("fit", parents=[common], help="k-means (k-means++ start, mini-batches) on a seeded "
+                           "sample of frames; a folder fitted with the same settings is kept")
+    t.add_argument("--layer", default="context", help="layer folder of --features to cluster")
+    t.add_argument("--k", type=int, default=fit_defaults.kmeans.k, help="units (clusters)")
+    t.add_argument("--max-frames", type=int, default=fit_defaults.max_frames,
+                   help="frames drawn to fit on, uniformly over every frame of the utterances (0: all)")
+    t.add_argument("--no-standardize", action="store_true",
+                   help="cluster the raw features (default: every dimension standardized with the sample's "
+                   "mean and standard deviation, kept in the model)")
+    t.add_argument("--batch-size", type=int, default=fit_defaults.kmeans.batch_size, help="frames per mini-batch")
+    t.add_argument("--max-epochs", type=int, default=fit_defaults.kmeans.max_epochs, help="most passes over the sample")
+    t.add_argument("--tol", type=float, default=fit_defaults.kmeans.tol,
+                   help="stop when an epoch lowers the mean squared distance by less than this fraction")
+    t.add_argument("--init-size", type=int, default=fit_defaults.kmeans.init_size,
+                   help="frames the k-means++ start sees (0: 3 x --batch-size)")
+    t.add_argument("--seed", type=int, default=fit_defaults.kmeans.seed, help="frame sample and k-means")
+    t.set_defaults(func=cmd_units)
+    t = actions.add_parser("assign", parents=[common], help="unit sequences (ZeroSpeech 2021 text) and one-hot "
+                           "features of every utterance; re-running resumes")
+    t.add_argument("--units", required=True, help="an audiossl units fit folder")
+    t.add_argument("--layer", help="layer folder of --features (default: the one the units were fitted on)")
+    t.add_argument("--onehot", choices=ONEHOT_FORMATS, default="npy",
+                   help="one-hot (frames, k) arrays under OUT/onehot, or none")
+    t.set_defaults(func=cmd_units)
 
     p = sub.add_parser("convert", help="CPC_audio checkpoints to audiossl's and back")
     p.add_argument("source", metavar="SOURCE", help="with --from cpc_audio: a CPC_audio training folder (its highest "

@@ -122,6 +122,8 @@ def _scores_in(kind: str, source: str, metrics: dict) -> list[ProbeScore]:
     rows = [row for row in metrics["results"] if isinstance(row, dict)]
     layers = [row for row in rows if row.get("role") != "baseline"]
     task = metrics.get("task", kind)
+    if task == "units" and "k" in metrics:  # one group per number of units
+        task = f"units k={metrics['k']}"
     scores = []
     for row in rows:
         name = row.get("features") if row.get("role") == "baseline" else None

@@ -16,6 +16,10 @@ and renamed, so a figure on disk is always complete.
 - :func:`plot_projection`: a 2-D projection of per-utterance vectors by speaker.
 - :func:`plot_utterance`: log-mel spectrogram above the learned features on a
   shared time axis, with phone segments on top.
+- :func:`plot_unit_quality`: purity, PNMI and ABX of discrete units, model
+  beside the floors, for each number of units.
+- :func:`plot_units_utterance`: one utterance's spectrogram with its discrete
+  units over it and its phones on top.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 __all__ = ["Curve", "order_sources", "plot_confusion", "plot_probe_scores", "plot_projection", "plot_training",
-           "plot_utterance"]
+           "plot_unit_quality", "plot_units_utterance", "plot_utterance"]
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), both (points,)
 DPI = 120
@@ -294,6 +298,109 @@ def plot_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, fea
         for index, (start, end, name) in enumerate(segments):
             strip.axvspan(start, end, color="0.85" if index % 2 else "0.95")
             if end - start >= duration / 90:  # label only segments wide enough to read
+                strip.text((start + end) / 2, 0.5, name, ha="center", va="center", fontsize="x-small")
+        strip.set_yticks([])
+        strip.set_ylabel("phones", rotation=0, ha="right", va="center")
+        strip.tick_params(labelbottom=False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_unit_quality(path: str | Path, table: Mapping[int, Mapping[str, Mapping[str, float | None]]],
+                      title: str = "discrete units: model against k-means on the floors") -> Path:
+    """One panel per figure of merit, bars grouped by the number of units, one bar per feature source.
+
+    Args:
+        path: the PNG to write.
+        table: ``{k: {source: {metric: value}}}``, values as fractions;
+            metrics such as ``PNMI``, ``phone purity``, ``cluster purity``
+            (higher is better) and ``ABX across`` (an error rate); None is
+            not drawn.
+        title: the figure's title.
+
+    Raises:
+        ValueError: if the table is empty.
+    """
+    ks = sorted(table)
+    sources = order_sources({s for k in ks for s in table[k]})
+    metrics = list(dict.fromkeys(m for k in ks for s in table[k] for m in table[k][s]))
+    if not metrics:
+        raise ValueError("no unit figures to draw")
+    others = matplotlib.colormaps["tab10"]
+    colours = {s: SOURCE_COLOURS.get(s, others(3 + i % 7)) for i, s in enumerate(sources)}
+    fig = Figure(figsize=(2.2 + 2.6 * len(metrics), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
+    handles = {}
+    width = 0.8 / len(sources)
+    for ax, metric in zip(axes, metrics):
+        for i, k in enumerate(ks):
+            for position, source in enumerate(sources):
+                value = table[k].get(source, {}).get(metric)
+                if value is None:
+                    continue
+                bars = ax.bar(i + (position - (len(sources) - 1) / 2) * width, value * (1 if metric == "PNMI" else 100),
+                              width=width, color=colours[source], label=source)
+                ax.bar_label(bars, fmt="%.2f" if metric == "PNMI" else "%.1f", fontsize="x-small", padding=2)
+                handles.setdefault(source, bars)
+        ax.set_xticks(range(len(ks)), [f"k = {k}" for k in ks])
+        lower = metric.startswith("ABX")
+        ax.set_title(f"{metric} ({'lower' if lower else 'higher'} is better)", fontsize="medium")
+        ax.set_ylabel("" if metric == "PNMI" else "%")
+        ax.set_ylim(0, 1.1 if metric == "PNMI" else 105)
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend([handles[s] for s in sources if s in handles], [s for s in sources if s in handles],
+               loc="outside right upper", fontsize="small")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_units_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, units: np.ndarray,
+                         unit_rate: float, num_units: int, segments: Sequence[tuple[float, float, str]] | None = None,
+                         title: str = "utterance") -> Path:
+    """Log-mel spectrogram with the boundaries of the unit runs drawn over it and the units in a strip below.
+
+    Args:
+        path: the PNG to write.
+        logmel: (frames, mel bins) log power.
+        logmel_rate: spectrogram frames per second.
+        units: (frames,) unit indices.
+        unit_rate: unit frames per second.
+        num_units: k, for the colours and the axis label.
+        segments: ``(start s, end s, phone)`` shown in a strip on top.
+        title: the figure's title.
+    """
+    units = np.asarray(units)
+    if logmel.ndim != 2 or units.ndim != 1:
+        raise ValueError(f"expected (frames, bins) log-mel and (frames,) units, got {logmel.shape} and {units.shape}")
+    duration = max(len(logmel) / logmel_rate, len(units) / unit_rate)
+    change = np.flatnonzero(np.diff(units)) + 1
+    starts, ends = np.r_[0, change] / unit_rate, np.r_[change, len(units)] / unit_rate
+    runs = units[np.r_[0, change]] if len(units) else units
+    heights = ([0.35] if segments else []) + [1, 0.35]
+    fig = Figure(figsize=(11, 2.2 + 3.2 * sum(heights) / 1.7), layout="constrained")
+    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights)
+    spec_ax = fig.add_subplot(grid[len(heights) - 2, 0])
+    spec_ax.imshow(logmel.T, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
+                   extent=(0, len(logmel) / logmel_rate, 0, logmel.shape[1]))
+    spec_ax.vlines(starts[1:], 0, logmel.shape[1], colors="white", linewidth=0.5, alpha=0.6)
+    spec_ax.set_ylabel("mel bin")
+    spec_ax.set_title(f"log-mel spectrogram; lines: where the unit changes ({len(runs)} runs of {len(units)} frames)")
+    spec_ax.tick_params(labelbottom=False)
+    spec_ax.set_xlim(0, duration)
+    unit_ax = fig.add_subplot(grid[len(heights) - 1, 0], sharex=spec_ax)
+    cmap = matplotlib.colormaps["tab20"]
+    for start, end, unit in zip(starts, ends, runs):
+        unit_ax.axvspan(start, end, color=cmap(int(unit) % cmap.N), alpha=0.8)
+        if end - start >= duration / 120:  # label only runs wide enough to read
+            unit_ax.text((start + end) / 2, 0.5, str(int(unit)), ha="center", va="center", fontsize="xx-small")
+    unit_ax.set_yticks([])
+    unit_ax.set_ylabel(f"unit (k = {num_units})", rotation=0, ha="right", va="center")
+    unit_ax.set_xlabel("time (s)")
+    if segments:
+        strip = fig.add_subplot(grid[0, 0], sharex=spec_ax)
+        for index, (start, end, name) in enumerate(segments):
+            strip.axvspan(start, end, color="0.85" if index % 2 else "0.95")
+            if end - start >= duration / 90:
                 strip.text((start + end) / 2, 0.5, name, ha="center", va="center", fontsize="x-small")
         strip.set_yticks([])
         strip.set_ylabel("phones", rotation=0, ha="right", va="center")

@@ -18,6 +18,10 @@ is required but the folder.
 - speakers: PCA of per-utterance mean-pooled features (test split when known),
   each dimension standardized first.
 - one utterance: its log-mel spectrogram above the learned features, phones on top.
+- discrete units: every ``probe_units*/metrics.json`` (``audiossl probe units``):
+  purity, PNMI and one-hot ABX per k, the model beside k-means on the floors;
+  and the units of one utterance (the model with the fewest units among
+  ``EXP_DIR/units*/``, assigned here) drawn over its spectrogram.
 
 Features come from an extraction folder of ``EXP_DIR`` when it holds the
 utterances, else they are computed from the checkpoint. Phone alignments and
@@ -134,7 +138,7 @@ class _Inputs:
 
     def __init__(self, exp_dir: Path, data: str | Path | None, labels: str | Path | None, utterance: str | None,
                  layer: str, device: torch.device, max_utterances: int):
-        self.exp_dir, self.utterance, self.max_utterances = exp_dir, utterance, max_utterances
+        self.exp_dir, self.utterance, self.max_utterances, self.device = exp_dir, utterance, max_utterances, device
         self.pretrain = find_training_folder(exp_dir)
         checkpoint = self.pretrain / "checkpoint.pt" if self.pretrain else None
         checkpoint = checkpoint if checkpoint and checkpoint.is_file() else None
@@ -300,9 +304,8 @@ def _speakers(inp: _Inputs, path: Path) -> list[str]:
             f"explain {100 * explained[0]:.1f} % and {100 * explained[1]:.1f} % of the variance.", ""]
 
 
-def _utterance(inp: _Inputs, path: Path) -> list[str]:
-    from audiossl.models.frontends import LogMelFrontend
-
+def _chosen_utterance(inp: _Inputs) -> str:
+    """The utterance to draw: asked for, else the first of the test split, else of the corpus."""
     if not inp.utterances:
         raise Unavailable("missing the corpus: pass --data, or keep the training folder's manifest.tsv")
     labels = inp.labels
@@ -310,28 +313,135 @@ def _utterance(inp: _Inputs, path: Path) -> list[str]:
     utt_id = inp.utterance or (test or list(inp.utterances))[0]
     if utt_id not in inp.utterances:
         raise Unavailable(f"missing utterance {utt_id!r} in the corpus {inp.corpus}")
+    return utt_id
+
+
+def _logmel(utt) -> tuple[np.ndarray, float]:
+    """(frames, 80) log-mel spectrogram of an utterance and its duration in seconds."""
+    from audiossl.models.frontends import LogMelFrontend
+
+    wav = read_audio(utt.path, utt.sample_rate)
+    with torch.no_grad():
+        logmel, _ = LogMelFrontend(utt.sample_rate)(wav[None], torch.tensor([len(wav)]))  # (1, T, 80)
+    return logmel[0].numpy(), len(wav) / utt.sample_rate
+
+
+def _utterance(inp: _Inputs, path: Path) -> list[str]:
+    utt_id = _chosen_utterance(inp)
+    labels = inp.labels
     feats = inp.need_features()
     x = feats.load([utt_id]).get(utt_id)
     if x is None:
         raise Unavailable(f"missing features of {utt_id!r} in {feats.describe}")
     utt = inp.utterances[utt_id]
-    wav = read_audio(utt.path, utt.sample_rate)
-    with torch.no_grad():
-        logmel, _ = LogMelFrontend(utt.sample_rate)(wav[None], torch.tensor([len(wav)]))  # (1, T, 80)
+    logmel, seconds = _logmel(utt)
     segments = _segments(labels.alignments[utt_id], labels.phones) if labels and utt_id in labels.alignments else None
-    figures.plot_utterance(path, logmel[0].numpy(), LABEL_RATE, x, feats.frame_rate, segments,
-                           title=f"{utt_id} (speaker {utt.speaker}, {len(wav) / utt.sample_rate:.2f} s)",
+    figures.plot_utterance(path, logmel, LABEL_RATE, x, feats.frame_rate, segments,
+                           title=f"{utt_id} (speaker {utt.speaker}, {seconds:.2f} s)",
                            feats_label=f"{feats.layer} features")
     phones = f"phones from `{labels.folder}`" if segments else "no phone alignment for it"
     return [f"Utterance `{utt_id}` from {inp.corpus}; features of {feats.describe} ({len(x)} frames of "
             f"{x.shape[1]} dims); {phones}.", ""]
 
 
+def _unit_reports(exp_dir: Path) -> list[tuple[Path, dict]]:
+    """``probe_units*/metrics.json`` reports, by k."""
+    found = []
+    for path in sorted(exp_dir.glob("probe_units*/metrics.json")):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(report, dict) and report.get("task") == "units" and report.get("results"):
+            found.append((path, report))
+    return sorted(found, key=lambda item: item[1]["k"])
+
+
+def _units(inp: _Inputs, path: Path) -> list[str]:
+    found = _unit_reports(inp.exp_dir)
+    if not found:
+        raise Unavailable("missing units results: no EXP_DIR/probe_units*/metrics.json (audiossl probe units)")
+    table: dict[int, dict[str, dict]] = {}
+    rows = []
+    for _, report in found:
+        for row in report["results"]:
+            source = "model" if row["role"] == "model" else row["features"]
+            table.setdefault(report["k"], {})[source] = {
+                "PNMI": row["pnmi"], "phone purity": row["phone_purity"], "cluster purity": row["cluster_purity"],
+                "ABX across": row["across"]}
+            rows.append((report["k"], f"{row['features']}" + (" (floor)" if row["role"] != "model" else ""),
+                         row["units_used"], _pct(row["phone_purity"]), _pct(row["cluster_purity"]),
+                         f"{row['pnmi']:.3f}", _pct(row["within"]), _pct(row["across"])))
+    figures.plot_unit_quality(path, table)
+    first = found[0][1]
+    return [f"k-means units of `{first['layer']}` ({', '.join(f'`{p.parent}`' for p, _ in found)}) against the "
+            f"phone labels of {first['utterances']} utterances; the floors are k-means with the same settings on "
+            "MFCC and log-mel frames of the same utterances. Purity and ABX in %; PNMI (HuBERT's phone-normalized "
+            "mutual information) from 0 to 1.", "",
+            *_md_table(("k", "features", "units used", "phone purity", "cluster purity", "PNMI", "ABX within",
+                        "ABX across"), rows)]
+
+
+def _units_utterance(inp: _Inputs, path: Path) -> list[str]:
+    from audiossl.discrete import UnitModel, UnitsError, check_features
+    from audiossl.extract import FeatureError, FeatureSet
+
+    def check_source(model: UnitModel, features: FeatureSet) -> bool:
+        try:
+            check_features(model, features)
+        except UnitsError:
+            return False
+        return True
+
+    models = []
+    for record in sorted(inp.exp_dir.glob("units*/kmeans.json")):
+        try:
+            models.append(UnitModel(record.parent))
+        except UnitsError:
+            continue
+    if not models:
+        raise Unavailable("missing units: no EXP_DIR/units*/kmeans.json (audiossl units fit)")
+    model = min(models, key=lambda m: m.k)
+    utt_id = _chosen_utterance(inp)
+    # The features the units were fitted on, else another extraction of the layer, else the checkpoint itself.
+    folder = None
+    for candidate in (model.record.get("features"), find_feature_folder(inp.exp_dir, model.layer)):
+        try:
+            candidate = candidate if isinstance(candidate, FeatureSet) else FeatureSet(candidate) if candidate else None
+        except FeatureError:
+            continue
+        if candidate is not None and utt_id in candidate.num_frames and check_source(model, candidate):
+            folder = candidate
+            break
+    checkpoint = inp.pretrain / "checkpoint.pt" if inp.pretrain else None
+    if not (checkpoint and checkpoint.is_file() and Path(model.source.get("checkpoint", "")) == checkpoint.resolve()):
+        checkpoint = None
+    if folder is None and checkpoint is None:
+        raise Unavailable(f"missing features of {utt_id!r}: no extraction of the {model.layer} layer the units of "
+                          f"`{model.folder}` were fitted on holds it, and they do not come from this checkpoint")
+    feats = LayerFeatures(folder, checkpoint, model.layer, inp.utterances, inp.device)
+    x = feats.load([utt_id]).get(utt_id)
+    if x is None:
+        raise Unavailable(f"missing features of {utt_id!r} in {feats.describe}")
+    units = model.assign(x)
+    utt = inp.utterances[utt_id]
+    logmel, seconds = _logmel(utt)
+    labels = inp.labels
+    segments = _segments(labels.alignments[utt_id], labels.phones) if labels and utt_id in labels.alignments else None
+    figures.plot_units_utterance(path, logmel, LABEL_RATE, units, feats.frame_rate, model.k, segments,
+                                 title=f"{utt_id} (speaker {utt.speaker}, {seconds:.2f} s): {model.k} units")
+    runs = int(np.count_nonzero(np.diff(units))) + 1 if len(units) else 0
+    return [f"Utterance `{utt_id}`: the {model.k} k-means units of `{model.folder}` assigned to {feats.describe} "
+            f"({len(units)} frames, {runs} runs of one unit, {len(np.unique(units))} distinct units).", ""]
+
+
 SECTIONS = (("Training curves", "training_curves.png", _training),
             ("Probe results", "probe_scores.png", _probes),
             ("Phone confusion", "phone_confusion.png", _confusion),
             ("Speakers", "speaker_pca.png", _speakers),
-            ("One utterance", "utterance.png", _utterance))
+            ("One utterance", "utterance.png", _utterance),
+            ("Discrete units", "units_quality.png", _units),
+            ("Units of one utterance", "units_utterance.png", _units_utterance))
 
 
 def make_report(exp_dir: str | Path, out: str | Path | None = None, utterance: str | None = None,

@@ -44,7 +44,7 @@ def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_every_stage_leaves_its_results(finished):
     run, done = finished
-    for stage in range(10):
+    for stage in range(11):
         assert f"stage {stage}:" in done.stdout
     assert (run / "manifest.tsv").read_text().count("\n") == 1 + 112  # header + the demo's utterances
     assert (run / "pretrain" / "checkpoint.pt").is_file()
@@ -61,12 +61,19 @@ def test_every_stage_leaves_its_results(finished):
     subword = metrics(run, "ctc-subword")
     assert all(0.0 <= row["cer"] and 0.0 <= row["wer"] for row in subword["results"])
     assert (run / "probe_ctc-subword" / "units.model").is_file()  # the sentencepiece units, kept for reuse
+    kmeans = json.loads((run / "units_k50" / "kmeans.json").read_text())
+    assert (kmeans["k"], kmeans["layer"], kmeans["fit"]["utterances"]) == (50, "context", 88)  # the training split
+    assert (run / "units_k50" / "assign" / "quantized_outputs.txt").read_text().count("\n") == 112
+    units = metrics(run, "units_k50")
+    assert [row["features"] for row in units["results"]] == ["context", "mfcc", "logmel"]
+    assert all(0.0 < row["pnmi"] < 1.0 for row in units["results"])
     page = (run / "report" / "report.md").read_text()
     for score in ("phone accuracy", "speaker accuracy", "abx within-speaker error", "abx across-speaker error",
-                  "ctc-phone PER", "ctc-subword CER", "ctc-subword WER"):
+                  "ctc-phone PER", "ctc-subword CER", "ctc-subword WER", "units k=50 across-speaker error"):
         assert f"| {score} (" in page  # every probe's result is in the report's table
     assert "no known metric" not in page
-    for figure in ("training_curves.png", "probe_scores.png", "phone_confusion.png", "speaker_pca.png"):
+    for figure in ("training_curves.png", "probe_scores.png", "phone_confusion.png", "speaker_pca.png",
+                   "units_quality.png", "units_utterance.png"):
         assert figure in page and (run / "report" / figure).stat().st_size > 0
 
 

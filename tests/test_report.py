@@ -14,6 +14,7 @@ from audiossl.experiment import read_probe_scores
 from audiossl.report import SECTIONS, linear_confusion, make_report, pca_2d
 
 FIGURES = [filename for _, filename, _ in SECTIONS]
+UNIT_FIGURES = {"units_quality.png", "units_utterance.png"}  # need audiossl units fit and probe units
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PHONES = ["SIL", "AA", "B", "K"]
 
@@ -94,7 +95,8 @@ def test_report_of_a_trained_experiment(tmp_path, tiny_corpus, tiny_overrides, c
     report = (out / "report.md").read_text()
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.md'}" in printed
-    made = {"recipe": set(FIGURES), "bare": set(FIGURES) - {"probe_scores.png", "phone_confusion.png"}}[layout]
+    made = {"recipe": set(FIGURES) - UNIT_FIGURES,
+            "bare": set(FIGURES) - {"probe_scores.png", "phone_confusion.png"} - UNIT_FIGURES}[layout]
     for name in made:
         check_png(out / name)
     assert linked(report) == made
@@ -110,6 +112,33 @@ def test_report_of_a_trained_experiment(tmp_path, tiny_corpus, tiny_overrides, c
         assert "probe_phone_broken" in report and "unreadable" in report
     else:
         assert "checkpoint.pt" in report
+
+
+def test_report_shows_discrete_units(tmp_path, tiny_corpus, capsys):
+    write_labels(tiny_corpus)
+    exp, labels = tmp_path / "exp", {name: str(tiny_corpus / f"{name}.txt") for name in
+                                     ("converted_aligned_phones", "phones", "train_split", "test_split")}
+    quiet = ["--device", "cpu", "--no-progress"]
+    assert main(["extract", "--baseline", "mfcc", "--data", str(tiny_corpus), "--out", str(exp / "features"),
+                 "--num-workers", "0", *quiet]) == 0
+    assert main(["units", "fit", "--features", str(exp / "features"), "--layer", "mfcc", "--k", "6", "--split",
+                 labels["train_split"], "--out", str(exp / "units_k6"), *quiet]) == 0
+    assert main(["probe", "units", "--units", str(exp / "units_k6"), "--features", str(exp / "features"),
+                 "--alignments", labels["converted_aligned_phones"], "--phones", labels["phones"], "--split",
+                 labels["test_split"], "--baselines", "logmel", "--context", "none", "--num-workers", "0",
+                 "--out", str(exp / "probe_units_k6"), *quiet]) == 0
+    metrics = json.loads((exp / "probe_units_k6" / "metrics.json").read_text())
+    capsys.readouterr()
+    outcome = make_report(exp, data=tiny_corpus)
+    assert outcome["units_quality.png"] == outcome["units_utterance.png"] == "written"
+    for name in UNIT_FIGURES:
+        check_png(exp / "report" / name)
+    page = (exp / "report" / "report.md").read_text()
+    mfcc, logmel = metrics["results"]
+    assert f"| 6 | mfcc | {mfcc['units_used']} | {100 * mfcc['phone_purity']:.1f} |" in page
+    assert f"| 6 | logmel (floor) | {logmel['units_used']} |" in page and f"{logmel['pnmi']:.3f}" in page
+    assert "| units k=6 across-speaker error (lower is better) |" in page  # the one-hot ABX, in the probe table
+    assert "Utterance `103-1031-0003`: the 6 k-means units of" in page  # the first test utterance
 
 
 def test_report_chooses_utterance_and_output(tmp_path, tiny_corpus, tiny_overrides):

@@ -5,6 +5,8 @@
 - :mod:`~audiossl.probes.tasks`: phone examples per frame, speaker examples per utterance or window.
 - :mod:`~audiossl.probes.report`: a probe run over layers and baselines, its table and its
   output folder (``metrics.json``, ``report.txt``, TensorBoard curves).
+- :mod:`~audiossl.probes.discrete`: phone purity, cluster purity, PNMI and one-hot ABX of
+  k-means units (:mod:`audiossl.discrete`), beside k-means on the floors.
 """
 
 from audiossl.probes.baselines import BASELINES, build_baseline

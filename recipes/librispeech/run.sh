@@ -8,7 +8,8 @@
 # Stages (each is safe to re-run; training and extraction resume, finished probes are kept):
 #   0 check inputs   1 manifest   2 pretrain   3 extract
 #   4 phone probe    5 speaker probe   6 ABX   7 CTC phone recognition   8 CTC subword recognition
-#   9 report (figures and tables: $exp/$objective/report/report.md)
+#   9 discrete units (k-means, unit sequences, purity / PNMI / ABX)
+#   10 report (figures and tables: $exp/$objective/report/report.md)
 set -euo pipefail
 
 # ---- defaults (every one is an option: --librispeech-root sets librispeech_root)
@@ -24,17 +25,19 @@ stage=0
 stop_stage=100
 probe_overrides=           # extra options for the phone and speaker probes, e.g. "--hidden 256"
 ctc_overrides=             # extra options for both CTC probes, e.g. "--head bilstm"
+units_k=50                 # discrete units: k-means sizes, space separated, e.g. "50 100"
+units_overrides=           # extra options for audiossl units fit, e.g. "--max-frames 2000000"
 nproc=1                    # processes for pretraining (torchrun on one node when > 1)
 data=                      # use this corpus folder instead of $librispeech_root/$subset
 
-options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides ctc_overrides nproc data"
+options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides ctc_overrides units_k units_overrides nproc data"
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$0")] $*"; }
 
 # ---- option parser: --foo-bar VALUE sets foo_bar; unknown options exit
 while [ $# -gt 0 ]; do
   case "$1" in
-    --help|-h) sed -n '2,13p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,12p' "$0"; exit 0 ;;
     --*=*) name="${1%%=*}"; value="${1#*=}"; shift ;;
     --*) [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 2; }; name="$1"; value="$2"; shift 2 ;;
     *) echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 2 ;;
@@ -152,7 +155,24 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
 fi
 
 if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
-  log "stage 9: report"
+  log "stage 9: discrete units (k = $units_k): k-means on the training split, units of every utterance, test-split figures"
+  for k in $units_k; do
+    units="$run/units_k$k"
+    # shellcheck disable=SC2086
+    step "units_fit_k$k" audiossl units fit --features "$run/features" --layer "$layer" --k "$k" \
+      --split "$train_split" --out "$units" --no-progress $units_overrides
+    step "units_assign_k$k" audiossl units assign --units "$units" --features "$run/features" --out "$units/assign" \
+      --no-progress
+    out="$run/probe_units_k$k"
+    if [ -f "$out/metrics.json" ]; then log "probe units_k$k: done before, kept ($out)"; else
+      step "probe_units_k$k" audiossl probe units --units "$units" --features "$run/features" \
+        --alignments "$alignments" "${phones[@]}" --split "$test_split" --out "$out" --no-progress
+    fi
+  done
+fi
+
+if [ "$stage" -le 10 ] && [ "$stop_stage" -ge 10 ]; then
+  log "stage 10: report"
   step report audiossl report "$run" --data "$run/manifest.tsv" --labels "$cpc_labels"
 fi
 
