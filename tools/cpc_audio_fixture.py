@@ -14,8 +14,9 @@ nothing of it is copied here, its modules are imported from the checkout.
 criterion's and the model's parameters), and writes each run as CPC_audio's
 training folder: ``checkpoint_<epoch>.pt`` by its ``save_checkpoint``,
 ``checkpoint_logs.json`` by its ``save_logs``, and ``checkpoint_args.json``,
-the namespace dumped as JSON (the upstream ``train.py`` writes it so; this
-checkout's omits the dump), with ``best`` None (no validation is run). Then it
+the parsed namespace dumped as JSON (its loaders read that file; the
+checkout's ``train.py`` was not seen to write it), with ``best`` None (no
+validation is run). Then it
 reloads the last epoch with CPC_audio's
 own ``loadModel`` and ``loadCriterion`` and saves ``reference_<run>.pt``: a
 short harmonic signal and CPC_audio's encoder and context outputs on it, and
