@@ -100,8 +100,12 @@ def load_state(target: Any, state: dict, path: str | Path, what: str) -> None:
         raise CheckpointError(f"{path}: cannot load the {what} state ({_first_sentence(e)})") from None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint as data; anything that would run code is refused."""
+def load_data(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: any torch file read as data, each failure one line naming it.
+
+    Also reads the peers' files (CPC_audio's checkpoints hold plain dicts of
+    tensors, numbers and strings, see :mod:`audiossl.convert`).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -121,6 +125,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # a bad zip (RuntimeError), an empty file (EOFError), garbage (KeyError)...
         raise CheckpointError(f"{path}: cannot read checkpoint, truncated or not a checkpoint "
                               f"({_first_sentence(e)})") from None
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint as data; anything that would run code is refused."""
+    ckpt = load_data(path, map_location)
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not an audiossl checkpoint (no config or model state)")
     return ckpt

@@ -17,6 +17,7 @@ import sys
 
 import yaml
 
+from audiossl.allocator import reexec_under_tcmalloc
 from audiossl.atomic import DiskFullError
 from audiossl.audio import AudioError
 from audiossl.checkpoint import CheckpointError
@@ -353,6 +354,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from audiossl.checkpoint import atomic_save
+    from audiossl.config import Config
+    from audiossl.convert import from_cpc_audio, to_cpc_audio, to_cpc_audio_release
+
+    if args.from_format:
+        ckpt, notes = from_cpc_audio(args.source)
+        cfg = Config.from_dict(ckpt["config"])
+        _print_config(cfg)
+        atomic_save(ckpt, args.out)
+        if args.config_out:
+            from audiossl.atomic import atomic_write
+
+            text = yaml.safe_dump(cfg.flat(), sort_keys=False)
+            atomic_write(args.config_out, lambda f: f.write(text.encode()), what="config")
+        read = ckpt["converted_from"]
+        source = f"epoch {read['epoch']} of {read['path']}" if read["epoch"] is not None else read["path"]
+    elif args.config_out:
+        raise ConfigError("--config-out goes with --from: it writes the converted run's audiossl config")
+    else:
+        notes = (to_cpc_audio if args.to_format == "cpc_audio" else to_cpc_audio_release)(args.source, args.out)
+        source = args.source
+    for note in notes:
+        print(f"note: {note}")
+    print(f"{args.out}: converted from {source}"
+          + (f"; its config: {args.config_out}" if args.from_format and args.config_out else ""))
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="flat YAML config file (recipes/conf/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
@@ -569,6 +599,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one-hot (frames, k) arrays under OUT/onehot, or none")
     t.set_defaults(func=cmd_units)
 
+    p = sub.add_parser("convert", help="CPC_audio checkpoints to audiossl's and back")
+    p.add_argument("source", metavar="SOURCE", help="with --from cpc_audio: a CPC_audio training folder (its highest "
+                   "epoch), checkpoint_<epoch>.pt or release file; with --to: an audiossl checkpoint")
+    direction = p.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from", dest="from_format", choices=["cpc_audio"], help="convert into audiossl's format")
+    direction.add_argument("--to", dest="to_format", choices=["cpc_audio", "cpc_audio-release"],
+                           help="cpc_audio: a training folder CPC_audio resumes from; cpc_audio-release: a "
+                           "{config, weights} file, as its published checkpoints (s3prl's cpc_local reads it)")
+    p.add_argument("--out", required=True, help="the checkpoint, folder or release file to write")
+    p.add_argument("--config-out", help="with --from: also write the run's flat YAML config, for train --config")
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("report", help="figures and a markdown page (report.md) for an experiment folder")
     p.add_argument("exp_dir", metavar="EXP_DIR", help="a recipe run folder or an audiossl train --exp-dir")
     p.add_argument("--out", help="output folder (default: EXP_DIR/report)")
@@ -601,6 +643,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if argv is None:  # run as a program, not called from Python: the process is ours to replace
+        reexec_under_tcmalloc(args.command, sys.argv[1:])
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -41,8 +41,10 @@ class ModelConfig:
     encoder_kernels: list[int] = field(default_factory=lambda: [10, 8, 4, 4, 4])  # one per conv
     encoder_strides: list[int] = field(default_factory=lambda: [5, 4, 2, 2, 2])  # product = hop
     encoder_paddings: list[int] = field(default_factory=lambda: [3, 2, 1, 1, 1])  # CPC_audio's
-    encoder_norm: str = "channel"  # batch (paper) | channel (per-frame, CPC_audio) | none
+    encoder_norm: str = "channel"  # batch (paper) | channel (per-frame) | channel_unbiased (CPC_audio's exact) | none
     encoder_init: str = "default"  # default (PyTorch's) | filterbank (first conv: mel-spaced Gabor band-pass pairs)
+    encoder_first: str = "conv"  # conv (conv, norm, ReLU) | log_envelope (first conv's channel pairs -> log band power)
+    encoder_envelope_pool: int = 1  # log_envelope: odd count of first-conv frames whose band power is averaged
     context: str = "gru"  # gru | lstm | transformer | none | npc (masked-conv blocks, NPC)
     context_dim: int = 256  # hidden size of the context network
     context_layers: int = 1  # recurrent or Transformer layers
@@ -259,12 +261,19 @@ def validate(cfg: Config) -> None:
     d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
     _choice("sampler", d.sampler, ("uniform", "same_speaker"))
     _choice("frontend", m.frontend, ("waveform", "logmel"))
-    _choice("encoder_norm", m.encoder_norm, ("batch", "channel", "none"))
+    _choice("encoder_norm", m.encoder_norm, ("batch", "channel", "channel_unbiased", "none"))
     _choice("encoder_init", m.encoder_init, ("default", "filterbank"))
     if m.encoder_init == "filterbank" and (m.frontend != "waveform" or not m.encoder_kernels
                                            or m.encoder_kernels[0] < 32):
         raise ConfigError("encoder_init: filterbank needs frontend: waveform and a first conv kernel of at least "
                           f"32 samples (got encoder_kernels={m.encoder_kernels})")
+    _choice("encoder_first", m.encoder_first, ("conv", "log_envelope"))
+    if m.encoder_first == "log_envelope" and (m.frontend != "waveform" or not m.encoder_kernels
+                                              or m.encoder_channels % 2):
+        raise ConfigError("encoder_first: log_envelope needs frontend: waveform, at least one conv and an even "
+                          f"encoder_channels (got {m.encoder_channels})")
+    if m.encoder_envelope_pool < 1 or m.encoder_envelope_pool % 2 == 0:
+        raise ConfigError(f"encoder_envelope_pool must be an odd number of frames, got {m.encoder_envelope_pool}")
     _choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
     _choice("mpc_head", o.mpc_head, ("mlp", "linear"))
     _choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))

@@ -135,6 +135,24 @@ def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
     return 1.0 - progress
 
 
+def build_optimizer(cfg: Config, module: nn.Module) -> tuple[torch.optim.Optimizer,
+                                                               torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``module``'s parameters and the warm-up/decay schedule of ``cfg``."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.decay))
+    return optimizer, scheduler
+
+
+def initial_checkpoint(cfg: Config, model: nn.Module, objective: nn.Module) -> dict:
+    """A step-0 checkpoint of these weights, fresh optimizer and schedule: ``train`` resumes from it as
+    from one of its own (``audiossl convert`` writes converted models so)."""
+    optimizer, scheduler = build_optimizer(cfg, Pretrainer(model, objective))
+    return {"config": cfg.to_dict(), "versions": versions(), "step": 0, "epoch": 0, "position": 0,
+            "model": model.state_dict(), "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": [rng_state()], "skipped_steps": 0, "skipped_windows": 0}
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; full fp32 on the CPU."""
     if device.type == "cuda":
@@ -368,9 +386,7 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
 
     # --- optimizer, resume -------------------------------------------------
     module = Pretrainer(model, objective).to(device)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.decay))
+    optimizer, scheduler = build_optimizer(cfg, module)
     step, epoch, position, skipped, skipped_windows = 0, 0, 0, 0, 0
     if resumed is not None:
         load_state(model, resumed["model"], ckpt_path, "model")

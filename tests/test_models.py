@@ -79,6 +79,29 @@ def test_filterbank_init_is_mel_spaced_band_pass():
     assert not model.encoder.blocks[0].conv.bias.any()
 
 
+def test_log_envelope_first_block_is_the_log_power_of_each_filter_pair():
+    from audiossl.config import ConfigError
+    model = tiny_model(encoder_init="filterbank", encoder_first="log_envelope", encoder_kernels=[400, 8, 4, 4, 4],
+                       encoder_paddings=[198, 2, 1, 1, 1])
+    first = model.encoder.blocks[0]
+    wav = torch.randn(2, 3200)
+    out, lengths = first(wav.unsqueeze(-1), torch.tensor([3200, 3200]))
+    filtered = torch.nn.functional.conv1d(wav.unsqueeze(1), first.conv.weight, first.conv.bias, 5, 198)
+    power = filtered[:, 0::2] ** 2 + filtered[:, 1::2] ** 2  # (cos, sin) pairs are adjacent channels
+    torch.testing.assert_close(out, torch.log(power + first.eps).transpose(1, 2), atol=1e-4, rtol=1e-4)
+    assert out.shape[-1] == model.encoder_dim // 2 == model.encoder.blocks[1].conv.in_channels
+    # A tone excites the pair whose centre is nearest and only that one (a log filterbank).
+    tone = torch.sin(2 * torch.pi * 1000 * torch.arange(3200) / 16000)
+    bands, _ = first(tone.view(1, -1, 1), torch.tensor([3200]))
+    centres = torch.fft.rfft(first.conv.weight[0::2, 0], n=16000).abs().argmax(1)
+    assert int(bands[0, 100:-100].mean(0).argmax()) == int((centres - 1000).abs().argmin())
+    pooled = tiny_model(encoder_init="filterbank", encoder_first="log_envelope", encoder_envelope_pool=31,
+                        encoder_kernels=[400, 8, 4, 4, 4], encoder_paddings=[198, 2, 1, 1, 1])
+    assert pooled.receptive_field == model.receptive_field + 30 * 5  # 30 more first-conv frames of 5 samples
+    with pytest.raises(ConfigError, match="log_envelope"):
+        build_config(overrides={"frontend": "logmel", "encoder_first": "log_envelope"})
+
+
 def test_waveform_normalization_standardizes_each_utterance():
     model = tiny_model(cmvn=True)
     wavs = torch.randn(2, 4000) * torch.tensor([[0.01], [3.0]]) + 0.5
@@ -120,6 +143,10 @@ PADDING_CASES = [
     {"context": "none", "encoder_norm": "channel"},
     {"context": "gru", "cmvn": True, "encoder_init": "filterbank", "encoder_kernels": [400, 8, 4, 4, 4],
      "encoder_paddings": [198, 2, 1, 1, 1]},
+    {"context": "gru", "cmvn": True, "encoder_init": "filterbank", "encoder_first": "log_envelope",
+     "encoder_kernels": [400, 8, 4, 4, 4], "encoder_paddings": [198, 2, 1, 1, 1]},
+    {"context": "gru", "cmvn": True, "encoder_init": "filterbank", "encoder_first": "log_envelope",
+     "encoder_envelope_pool": 31, "encoder_kernels": [400, 8, 4, 4, 4], "encoder_paddings": [198, 2, 1, 1, 1]},
     {"context": "gru", "frontend": "logmel", "cmvn": True, "encoder_kernels": [3], "encoder_strides": [1],
      "encoder_paddings": [1]},
     {"context": "transformer", "frontend": "logmel", "encoder_kernels": [], "encoder_strides": [],

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with audiossl
-# installed in editable mode (with the test extra), plus Debian's flite and
-# sox for the corpus builder when we may install them.
+# installed in editable mode (with the test extra and s3prl, which the s3prl
+# upstream's tests run against), plus Debian's flite and sox for the corpus
+# builder and tcmalloc for training (audiossl/allocator.py) when we may
+# install them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v flite >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then
+tcmalloc=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+if ! command -v flite >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1 || [ ! -e "$tcmalloc" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing flite and sox (for tools/make_corpus.py)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite sox >/dev/null) \
-      || echo "setup: could not install flite/sox; the corpus builder and its test will be unavailable"
+    echo "setup: installing flite and sox (for tools/make_corpus.py) and tcmalloc (faster CPU training)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite sox libtcmalloc-minimal4 \
+      >/dev/null) || echo "setup: could not install flite/sox/tcmalloc; the corpus builder and its test will be" \
+                           "unavailable, and training uses glibc's malloc"
   else
-    echo "setup: flite/sox missing; install them (apt-get install flite sox) to build corpora"
+    echo "setup: install flite and sox (apt-get install flite sox) to build corpora, and libtcmalloc-minimal4" \
+         "for faster CPU training"
   fi
 fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,s3prl]"
 echo "setup: done; activate with '. .venv/bin/activate'"

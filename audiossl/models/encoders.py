@@ -119,17 +119,28 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 class ChannelNorm(nn.Module):
     """Normalizes each frame over its channels, with a learned scale and shift.
 
-    CPC_audio's ``ChannelNorm`` (it divides by the unbiased standard
-    deviation; this is a layer norm over the last dimension of channels-last
-    frames, so it needs no transpose).
+    A layer norm over the last dimension of channels-last frames, so it needs
+    no transpose. ``unbiased`` divides by the unbiased standard deviation, as
+    CPC_audio's ``ChannelNorm`` does (``x.var(dim=1)``, eps 1e-5), so that its
+    converted checkpoints give its features exactly (``encoder_norm:
+    channel_unbiased``). Computed as the same fused layer norm: with C
+    channels, ``(x - m) / sqrt(var_n-1 + eps)`` equals ``sqrt((C-1)/C) (x -
+    m) / sqrt(var_n + eps (C-1)/C)``.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-5):
+    def __init__(self, channels: int, eps: float = 1e-5, unbiased: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(channels, eps=eps)
+        self.unbiased = unbiased
+        if unbiased and channels < 2:
+            raise ValueError("an unbiased channel norm needs at least 2 channels")
+        self.shrink = (channels - 1) / channels if unbiased else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, C)
-        return self.norm(x)
+        if not self.unbiased:
+            return self.norm(x)
+        return F.layer_norm(x, self.norm.normalized_shape, self.norm.weight * self.shrink ** 0.5, self.norm.bias,
+                            self.norm.eps * self.shrink)
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -142,8 +153,8 @@ class BatchNorm(nn.BatchNorm1d):
 def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return BatchNorm(channels)
-    if kind == "channel":
-        return ChannelNorm(channels)
+    if kind in ("channel", "channel_unbiased"):
+        return ChannelNorm(channels, unbiased=kind == "channel_unbiased")
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown encoder norm {kind!r}")
@@ -157,6 +168,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, padding)  # holds weight and init
         self.norm = make_norm(norm, out_channels)
         self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.span, self.left = kernel, padding  # input steps one output frame reads; of them, before stride * t
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before 0.2 hold the weight as a (out, in, 1, kernel) Conv2d's.
@@ -170,7 +182,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
-        x = torch.relu(self.norm(x))  # (B, T', C)
+        x = torch.relu_(self.norm(x))  # (B, T', C); in place: neither the norm nor the conv keeps its output for backward
         lengths = self.output_lengths(lengths).clamp(min=0)
         # Zero the frames past each sequence's end: the next conv then sees the
         # same zeros a per-utterance run pads with. On the CPU the test is free
@@ -178,6 +190,48 @@ class ConvBlock(nn.Module):
         # on an accelerator the multiply is cheaper than the sync the test costs.
         if x.device.type != "cpu" or bool((lengths < x.shape[1]).any()):
             x = x * length_mask(lengths, x.shape[1]).unsqueeze(-1)
+        return x, lengths
+
+
+class LogEnvelopeBlock(ConvBlock):
+    """A first conv read as a complex filterbank: each (even, odd) channel pair's log power.
+
+    Channels ``2i`` and ``2i + 1`` are taken as the real and imaginary parts
+    of one band-pass filter (a cosine/sine Gabor pair under the filterbank
+    init), so ``log(re^2 + im^2 + eps)`` is that band's log envelope, smooth
+    at the conv's output rate whatever the phase, as a log-mel filterbank is.
+    With ``pool > 1`` the band power is first averaged over ``pool`` frames
+    (centred, zeros past the ends), as a spectrogram averages power over its
+    window before the log: it smooths the pitch-rate beating inside each band.
+    No norm and no ReLU follow: the output is ``out_channels // 2`` log
+    bands, the input the next (strided) conv learns to pool, and every weight
+    stays learned.
+    """
+
+    eps = 1e-6  # the log's floor on band power (unit-variance input, unit-norm filters)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, pool: int = 1):
+        if out_channels % 2:
+            raise ValueError(f"a log-envelope first conv needs an even channel count, got {out_channels}")
+        if pool < 1 or pool % 2 == 0:
+            raise ValueError(f"the envelope's pooling must be an odd number of frames, got {pool}")
+        super().__init__(in_channels, out_channels, kernel, stride, padding, "none")
+        self.out_channels, self.pool = out_channels // 2, pool
+        self.span, self.left = kernel + (pool - 1) * stride, padding + pool // 2 * stride
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
+        power = x.unflatten(-1, (-1, 2)).square().sum(-1)  # (B, T', bands): the pairs are adjacent channels
+        lengths = self.output_lengths(lengths).clamp(min=0)
+        padded = x.device.type != "cpu" or bool((lengths < x.shape[1]).any())
+        mask = length_mask(lengths, x.shape[1]).unsqueeze(-1) if padded else None
+        if self.pool > 1:
+            if mask is not None:
+                power = power * mask  # the frames past the end count as silence, as one utterance's padding does
+            power = F.avg_pool1d(power.transpose(1, 2), self.pool, 1, self.pool // 2).transpose(1, 2)
+        x = torch.log(power + self.eps)
+        if mask is not None:
+            x = x * mask
         return x, lengths
 
 
@@ -220,18 +274,29 @@ class ConvEncoder(nn.Module):
     Args:
         in_dim: channels of the input frames (1 for waveforms).
         spec: one ``(channels, kernel, stride, padding)`` per block.
-        norm: ``batch`` | ``channel`` | ``none``. Batch statistics include the
+        norm: ``batch`` | ``channel`` | ``channel_unbiased`` (CPC_audio's
+            exact channel norm) | ``none``. Batch statistics include the
             padded frames of a batch; training windows are all full length.
         init: ``default`` (PyTorch's) | ``filterbank``: the first conv starts
             as :func:`mel_gabor_filterbank` with zero bias (waveform input).
+        first: ``conv`` (conv, norm, ReLU like the others) | ``log_envelope``:
+            the first block is a :class:`LogEnvelopeBlock`, so its
+            ``channels / 2`` outputs are log band envelopes.
+        envelope_pool: with ``log_envelope``, frames of band power averaged before the log.
         sample_rate: of the waveform, for the filterbank's frequencies.
     """
 
     def __init__(self, in_dim: int, spec: list[tuple[int, int, int, int]], norm: str = "channel",
-                 init: str = "default", sample_rate: int = 16000):
+                 init: str = "default", sample_rate: int = 16000, first: str = "conv", envelope_pool: int = 1):
         super().__init__()
+        if first not in ("conv", "log_envelope"):
+            raise ValueError(f"unknown first encoder block {first!r}")
         blocks, channels = [], in_dim
-        for out_channels, kernel, stride, padding in spec:
+        for i, (out_channels, kernel, stride, padding) in enumerate(spec):
+            if i == 0 and first == "log_envelope":
+                blocks.append(LogEnvelopeBlock(channels, out_channels, kernel, stride, padding, envelope_pool))
+                channels = out_channels // 2
+                continue
             blocks.append(ConvBlock(channels, out_channels, kernel, stride, padding, norm))
             channels = out_channels
         self.blocks = nn.ModuleList(blocks)
@@ -248,9 +313,9 @@ class ConvEncoder(nn.Module):
         self.hop = math.prod(s for _, _, s, _ in spec)
         self.receptive_field = 1
         jump = 1
-        for _, kernel, stride, _ in spec:
-            self.receptive_field += (kernel - 1) * jump
-            jump *= stride
+        for block in self.blocks:
+            self.receptive_field += (block.span - 1) * jump
+            jump *= block.stride
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

@@ -135,5 +135,6 @@ def build_model(cfg: ModelConfig, sample_rate: int = 16000) -> SSLModel:
     frontend = build_frontend(cfg.frontend, sample_rate, cfg.n_mels, cfg.cmvn)
     spec = [(cfg.encoder_channels, k, s, p)
             for k, s, p in zip(cfg.encoder_kernels, cfg.encoder_strides, cfg.encoder_paddings)]
-    encoder = ConvEncoder(frontend.out_dim, spec, cfg.encoder_norm, cfg.encoder_init, sample_rate)
+    encoder = ConvEncoder(frontend.out_dim, spec, cfg.encoder_norm, cfg.encoder_init, sample_rate, cfg.encoder_first,
+                         cfg.encoder_envelope_pool)
     return SSLModel(frontend, encoder, build_context(cfg, encoder.out_dim), sample_rate)

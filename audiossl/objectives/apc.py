@@ -47,7 +47,7 @@ def encoder_reach(encoder: nn.Module) -> tuple[int, int]:
     """Input steps before and after ``hop * t`` that encoder frame t reads: (left, right)."""
     left, jump = 0, 1
     for block in encoder.blocks:
-        left += block.padding * jump
+        left += block.left * jump
         jump *= block.stride
     return left, encoder.receptive_field - 1 - left
 
