@@ -25,6 +25,7 @@ and renamed, so a figure on disk is always complete.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def plot_probe_scores(path: str | Path, table: Mapping[str, Mapping[str, float]]
             if group in chance:
                 line = ax.hlines(100 * chance[group], i - 0.45, i + 0.45, colors="black", linestyles="--")
                 handles.setdefault("majority class", line)
-        ax.set_xticks(range(len(chosen)), chosen)
+        ax.set_xticks(range(len(chosen)), [textwrap.fill(group, 16) for group in chosen])  # long names wrap
         ax.set_xlim(-0.5, len(chosen) - 0.5)
         ax.set_ylabel("%")
         ax.set_ylim(0, 105)
