@@ -83,7 +83,7 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
         model_time[0] = 0.0
         _sync(dev)
         t0 = time.perf_counter()
-        with autocast(dev):
+        with autocast(dev, cfg.train.precision):
             loss, _ = run(batch)
         _sync(dev)
         t1 = time.perf_counter()

@@ -95,6 +95,7 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     max_minutes: float = 0.0  # wall-time budget of one run: checkpoint and stop after it (0: none)
     compile: bool = False  # torch.compile the model and objective (first steps pay the compilation)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (autocast on any device)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig, "train": TrainConfig}
@@ -284,6 +285,7 @@ def validate(cfg: Config) -> None:
                           f"got {m.context_dim} and {m.encoder_channels}")
     _choice("cpc_loss", o.cpc_loss, ("infonce", "nce"))
     _choice("decay", t.decay, ("cosine", "linear", "constant"))
+    _choice("precision", t.precision, ("auto", "fp32", "bf16"))
     if not (len(m.encoder_kernels) == len(m.encoder_strides) == len(m.encoder_paddings)):
         raise ConfigError("encoder_kernels, encoder_strides and encoder_paddings need the same length")
     positive = {

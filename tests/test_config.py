@@ -72,6 +72,7 @@ def test_yaml_values_are_coerced(tmp_path):
     ({"context": "rnn"}, "context"),
     ({"sampler": "random"}, "sampler"),
     ({"cpc_score": "dot"}, "cpc_score"),
+    ({"precision": "fp16"}, "precision"),
     ({"batch_size": 0}, "batch_size"),
     ({"preset": "huge"}, "huge"),
 ])

@@ -223,3 +223,39 @@ def test_compiled_training_follows_the_eager_loss_curve(tiny_corpus, tiny_overri
         assert not any("_orig_mod" in key for part in ("model", "objective") for key in saved[part])
     assert len(curves[True]) == 4
     np.testing.assert_allclose(curves[True], curves[False], rtol=1e-4)
+
+
+def test_bf16_on_the_cpu_follows_the_fp32_loss_curve(tiny_corpus, tiny_overrides, tmp_path, one_thread):
+    """``precision: bf16`` autocasts the CPU forward: the same model trains, the losses within bf16's rounding.
+
+    The log-envelope first block is part of the model: its power, pooling and
+    log stay fp32 under autocast.
+    """
+    overrides = {**tiny_overrides, "max_steps": 4, "ckpt_every": 4, "encoder_first": "log_envelope",
+                 "encoder_envelope_pool": 3}
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        exp = tmp_path / precision
+        train(build_config(overrides={**overrides, "precision": precision}), tiny_corpus, exp, progress=False)
+        curves[precision] = [float(line.split("\t")[1]) for line in (exp / TRAIN_LOG).read_text().splitlines()[1:]]
+    assert len(curves["bf16"]) == 4
+    assert curves["bf16"] != curves["fp32"]  # bf16 did run
+    np.testing.assert_allclose(curves["bf16"], curves["fp32"], rtol=2e-2)
+
+
+def test_bf16_autocast_keeps_the_log_envelope_in_fp32():
+    from audiossl.models.encoders import ConvEncoder
+    from audiossl.train import autocast
+
+    encoder = ConvEncoder(1, [(8, 64, 5, 30), (16, 4, 2, 1)], init="filterbank", first="log_envelope",
+                          envelope_pool=3)
+    wavs = torch.randn(2, 1600, 1)
+    lengths = torch.tensor([1600, 1000])
+    with autocast(torch.device("cpu"), "bf16"):
+        envelope, _ = encoder.blocks[0](wavs, lengths)
+        out, _ = encoder(wavs, lengths)
+    assert envelope.dtype == torch.float32
+    with torch.no_grad():
+        reference, _ = encoder(wavs, lengths)
+    torch.testing.assert_close(out.float(), reference, atol=0.1, rtol=0.05)
+    assert autocast(torch.device("cpu"), "auto").__class__.__name__ == "nullcontext"

@@ -2,7 +2,7 @@
 """Side-by-side timing of a CPC training step: CPC_audio's own against audiossl's.
 
     git clone https://github.com/facebookresearch/CPC_audio /path/to/CPC_audio
-    python tools/bench_peer.py --peer /path/to/CPC_audio [--rounds 3] [--steps 3] [--warmup 1] [--threads 2]
+    python tools/bench_peer.py --peer /path/to/CPC_audio [--rounds 3] [--steps 3] [--warmup 1] [--threads 2] [key=value ...]
 
 CPC_audio's side is its own code, imported from the checkout (nothing of it
 is copied here): ``cpc/model.py``'s ``CPCEncoder``, ``CPCAR`` and
@@ -106,25 +106,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="audiossl config overrides, e.g. precision=bf16 (CPC_audio's side stays fp32)")
     args = parser.parse_args(argv)
     if min(args.rounds, args.steps) < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--rounds, --steps and --threads must be at least 1, --warmup at least 0")
 
     from audiossl.bench import benchmark
-    from audiossl.config import ConfigError, build_config
+    from audiossl.config import ConfigError, build_config, parse_overrides
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     try:
         classes = import_peer(args.peer.resolve())
-        cfg = build_config(args.config)
+        cfg = build_config(args.config, parse_overrides(args.overrides))
     except (PeerError, ConfigError, FileNotFoundError) as e:
         print(f"bench_peer: error: {e}", file=sys.stderr)
         return 2
     if (cfg.train.batch_size, cfg.data.window_samples) != (8, 20480):
         print(f"note: {args.config} trains on batch {cfg.train.batch_size} x {cfg.data.window_samples} samples; "
               "CPC_audio's side stays at 8 x 20480", file=sys.stderr)
-    print(f"# CPC_audio from {args.peer}, audiossl at {args.config}; {args.threads} threads on {device}, "
+    print(f"# CPC_audio from {args.peer}, audiossl at {args.config} {' '.join(args.overrides)}; {args.threads} threads on {device}, "
           f"median of {args.steps} steps after {args.warmup} per side and round")
     print("| round | CPC_audio step | audiossl step | ratio |")
     print("|---|---|---|---|")

@@ -220,7 +220,8 @@ class LogEnvelopeBlock(ConvBlock):
         self.span, self.left = kernel + (pool - 1) * stride, padding + pool // 2 * stride
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
+        # The power, its pooling and the log in fp32 whatever the conv's precision (bf16 under autocast).
+        x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding).float()
         power = x.unflatten(-1, (-1, 2)).square().sum(-1)  # (B, T', bands): the pairs are adjacent channels
         lengths = self.output_lengths(lengths).clamp(min=0)
         padded = x.device.type != "cpu" or bool((lengths < x.shape[1]).any())
