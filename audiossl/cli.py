@@ -158,10 +158,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                              progress=not args.no_progress)
     for p in problems:
         print(f"skipped {p.path}: {p.reason}")
+    zerospeech = args.format == "zerospeech"
+    if zerospeech and len(layers) != 1:
+        raise ConfigError(f"--format zerospeech writes one representation: give one --layer, not {', '.join(layers)}")
+    # The ZeroSpeech layout is written from a regular extraction (OUT/features), which a re-run resumes.
+    out = Path(args.out) / "features" if zerospeech else Path(args.out)
     print(f"# extracting {', '.join(layers)} of {len(utterances)} utterances at {model.frame_rate:g} frames/s "
-          f"on {device} into {args.out} ({args.format})")
-    sets = extract(model, utterances, args.out, layers, source, root=args.data if Path(args.data).is_dir() else None,
-                   file_format=args.format, batch_size=args.batch_size, chunk_seconds=args.chunk_seconds,
+          f"on {device} into {out} ({'npy' if zerospeech else args.format})")
+    sets = extract(model, utterances, out, layers, source, root=args.data if Path(args.data).is_dir() else None,
+                   file_format="npy" if zerospeech else args.format, batch_size=args.batch_size,
+                   chunk_seconds=args.chunk_seconds,
                    batch_seconds=args.batch_seconds,
                    dtype=args.dtype, device=device, num_workers=args.num_workers, progress=not args.no_progress)
     for features in sets.values():
@@ -171,6 +177,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     failed = len(utterances) - done
     print(f"extracted {done} of {len(utterances)} utterances"
           + (f"; {failed} failed to decode (named above) and were skipped" if failed else ""))
+    if zerospeech:
+        from audiossl.zerospeech import write_submission
+
+        subset = args.zerospeech_subset or Path(args.data).resolve().name
+        try:
+            written = write_submission(next(iter(sets.values())), args.out, subset, args.zerospeech_file)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        print(f"ZeroSpeech layout: {len(written) - 1} files in {Path(args.out) / 'phonetic' / subset}, "
+              f"{written[-1]} (edit its author, affiliation and train_set)")
     return 0
 
 
@@ -546,8 +562,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", "--layers", dest="layers", type=_names, default=None,
                    help="with --ckpt, comma-separated: encoder, context (the last layer), context_1, ... "
                    "(default: context)")
-    p.add_argument("--format", choices=["npy", "npz"], default="npy",
-                   help="one .npy per utterance, or a compressed .npz holding the array as 'features'")
+    p.add_argument("--format", choices=["npy", "npz", "zerospeech"], default="npy",
+                   help="one .npy per utterance, or a compressed .npz holding the array as 'features', or "
+                   "zerospeech: the ZeroSpeech 2021 submission layout (OUT/phonetic/<subset>/<id>.npy|.txt and "
+                   "OUT/meta.yaml, written from an extraction into OUT/features)")
+    p.add_argument("--zerospeech-subset", help="--format zerospeech: the folder under OUT/phonetic (default: the "
+                   "--data folder's name, e.g. dev-clean)")
+    p.add_argument("--zerospeech-file", choices=["npy", "txt"], default="npy",
+                   help="--format zerospeech: .npy (zrc-abx2's default) or .txt (what zerospeech2021-validate "
+                   "accepts)")
     p.add_argument("--ids", action="append", metavar="FILE",
                    help="only the utterances listed (one id per line; repeatable, e.g. train and test splits)")
     p.add_argument("--batch-size", type=int, default=8, help="most utterances per forward pass")
