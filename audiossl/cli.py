@@ -149,6 +149,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from audiossl.extract import extract, open_source, select_utterances
 
     device = _device(args.device)
+    zerospeech = args.format == "zerospeech"
+    if zerospeech and len(_layers(args)) != 1:
+        raise ConfigError(f"--format zerospeech writes one representation: give one --layer, not "
+                          f"{', '.join(_layers(args))}")
     model, layers, source = open_source(args.ckpt, args.baseline, _layers(args), device, args.sample_rate)
     if args.ckpt:
         _print_config(model.config)
@@ -158,9 +162,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                              progress=not args.no_progress)
     for p in problems:
         print(f"skipped {p.path}: {p.reason}")
-    zerospeech = args.format == "zerospeech"
-    if zerospeech and len(layers) != 1:
-        raise ConfigError(f"--format zerospeech writes one representation: give one --layer, not {', '.join(layers)}")
     # The ZeroSpeech layout is written from a regular extraction (OUT/features), which a re-run resumes.
     out = Path(args.out) / "features" if zerospeech else Path(args.out)
     print(f"# extracting {', '.join(layers)} of {len(utterances)} utterances at {model.frame_rate:g} frames/s "

@@ -35,12 +35,21 @@ from audiossl.probes.abx_items import read_item_file
 
 
 def npy_files(folder: Path) -> dict[str, Path]:
-    """utterance id (file stem) -> path, for every .npy below ``folder`` (the reference's lookup)."""
+    """utterance id (file stem) -> path, for every .npy below ``folder`` (the reference's lookup).
+
+    The reference reads every file its walk finds: two files of one stem (a
+    stale array left by an extraction into another tree) would give their
+    items twice, so they are refused here.
+    """
     found: dict[str, Path] = {}
     for root, _, names in os.walk(folder):
         for name in names:
             if name.endswith(".npy"):
-                found[Path(name).stem] = Path(root) / name
+                stem = Path(name).stem
+                if stem in found:
+                    raise SystemExit(f"{folder}: {found[stem]} and {Path(root) / name} have one utterance id; "
+                                     f"zrc-abx2 would read both: use a folder with one array per utterance")
+                found[stem] = Path(root) / name
     return found
 
 
@@ -94,6 +103,7 @@ def main(argv=None) -> int:
         return 2
     settings = ItemABXSettings(max_size_group=args.max_size_group, max_x_across=args.max_x_across, seed=args.seed)
     frame_rate = FeatureSet(args.features).frame_rate if (args.features / "index.tsv").is_file() else args.frame_rate
+    npy_files(args.features)  # refuses a folder where the reference would read an utterance twice
     order = list(dict.fromkeys(read_item_file(args.item_file).file))
     timings = {}
     began = time.perf_counter()
