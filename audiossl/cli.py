@@ -149,6 +149,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from audiossl.extract import extract, open_source, select_utterances
 
     device = _device(args.device)
+    zerospeech = args.format == "zerospeech"
+    if zerospeech and len(_layers(args)) != 1:
+        raise ConfigError(f"--format zerospeech writes one representation: give one --layer, not "
+                          f"{', '.join(_layers(args))}")
     model, layers, source = open_source(args.ckpt, args.baseline, _layers(args), device, args.sample_rate)
     if args.ckpt:
         _print_config(model.config)
@@ -158,10 +162,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                              progress=not args.no_progress)
     for p in problems:
         print(f"skipped {p.path}: {p.reason}")
+    # The ZeroSpeech layout is written from a regular extraction (OUT/features), which a re-run resumes.
+    out = Path(args.out) / "features" if zerospeech else Path(args.out)
     print(f"# extracting {', '.join(layers)} of {len(utterances)} utterances at {model.frame_rate:g} frames/s "
-          f"on {device} into {args.out} ({args.format})")
-    sets = extract(model, utterances, args.out, layers, source, root=args.data if Path(args.data).is_dir() else None,
-                   file_format=args.format, batch_size=args.batch_size, chunk_seconds=args.chunk_seconds,
+          f"on {device} into {out} ({'npy' if zerospeech else args.format})")
+    sets = extract(model, utterances, out, layers, source, root=args.data if Path(args.data).is_dir() else None,
+                   file_format="npy" if zerospeech else args.format, batch_size=args.batch_size,
+                   chunk_seconds=args.chunk_seconds,
                    batch_seconds=args.batch_seconds,
                    dtype=args.dtype, device=device, num_workers=args.num_workers, progress=not args.no_progress)
     for features in sets.values():
@@ -171,6 +178,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     failed = len(utterances) - done
     print(f"extracted {done} of {len(utterances)} utterances"
           + (f"; {failed} failed to decode (named above) and were skipped" if failed else ""))
+    if zerospeech:
+        from audiossl.zerospeech import write_submission
+
+        subset = args.zerospeech_subset or Path(args.data).resolve().name
+        try:
+            written = write_submission(next(iter(sets.values())), args.out, subset, args.zerospeech_file)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        print(f"ZeroSpeech layout: {len(written) - 1} files in {Path(args.out) / 'phonetic' / subset}, "
+              f"{written[-1]} (edit its author, affiliation and train_set)")
     return 0
 
 
@@ -218,14 +235,101 @@ def _floors(args: argparse.Namespace) -> list[str]:
     return args.baselines if args.baselines is not None else [] if args.baseline else ["mfcc", "logmel"]
 
 
+def cmd_write_items(args: argparse.Namespace) -> int:
+    from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
+    from audiossl.probes.abx_items import items_from_alignments, speaker_from_id, write_item_file
+    from audiossl.probes.units import silence_class
+
+    if not args.alignments or not args.phones:
+        raise ConfigError("--write-items needs --alignments and --phones (the items' phone names)")
+    if args.features or args.ckpt or args.baseline or args.item_file:
+        raise ConfigError("--write-items only writes the item file: no --features, --ckpt, --baseline or --item-file")
+    try:
+        names = load_phone_inventory(args.phones)
+        labels = load_alignments(args.alignments, len(names))
+        ids = load_split(args.split) if args.split else list(labels)
+    except ValueError as e:
+        raise ProbeError(str(e)) from None
+    unlabelled = [u for u in ids if u not in labels]
+    if unlabelled:
+        raise ProbeError(f"{len(unlabelled)} utterance(s) of {args.split} have no labels in {args.alignments}, "
+                         f"e.g. {', '.join(unlabelled[:3])}")
+    lines = items_from_alignments({u: labels[u] for u in ids}, names, {u: speaker_from_id(u) for u in ids},
+                                  silence_class(args.phones))
+    if not lines:
+        raise ProbeError(f"no item in the {len(ids)} utterance(s): no non-silence phone has a neighbour on each side")
+    write_item_file(args.write_items, lines)
+    print(f"{args.write_items}: {len(lines):,} items from {len(ids)} utterances, "
+          f"{len({line[6] for line in lines})} speakers")
+    return 0
+
+
+def cmd_probe_items(args: argparse.Namespace) -> int:
+    import dataclasses
+    import tempfile
+
+    from audiossl.probes.abx_groups import ItemABXSettings, format_item_report, item_file_probe, write_item_outputs
+    from audiossl.probes.abx_items import ItemFileError, read_item_file
+    from audiossl.probes.report import probe_features
+
+    if args.alignments or args.split:
+        raise ConfigError("--item-file names the items: no --alignments or --split")
+    if args.distance != "angular" or args.context_frames:
+        raise ConfigError("--item-file scores with the reference's angular distance and its frame cut: "
+                          "no --distance cosine or --context-frames")
+    contexts = {"all": ("within", "any"), "triphone": ("within",), "within": ("within",),
+                "none": ("any",), "any": ("any",)}[args.context or "all"]
+    try:
+        settings = ItemABXSettings(context_modes=contexts, max_size_group=args.max_size_group,
+                                   max_x_across=args.max_x_across, seed=3459 if args.seed is None else args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    baselines, device = _floors(args), _device(args.device)
+    print(f"# abx on {args.item_file} with {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
+          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+    with contextlib.ExitStack() as stack:
+        ids_file = None
+        if args.ckpt or args.baseline:  # extract only the item file's utterances
+            try:
+                files = list(dict.fromkeys(read_item_file(args.item_file).file))
+            except ItemFileError as e:
+                raise ProbeError(str(e)) from None
+            ids_file = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".txt"))
+            ids_file.write("".join(f + "\n" for f in files))
+            ids_file.flush()
+        features_dir, layers = stack.enter_context(probe_features(
+            args.out, args.features, args.ckpt, args.baseline, _layers(args), args.data,
+            [ids_file.name] if ids_file else [], device, args.num_workers, not args.no_progress))
+        report = item_file_probe(features_dir, args.item_file, layers, baselines,
+                                 data=args.data if args.features else None, settings=settings, device=device,
+                                 num_workers=args.num_workers, progress=not args.no_progress)
+    table = format_item_report(report)
+    print(table)
+    if args.out:
+        write_item_outputs(report, table, args.out)
+        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt")
+    return 0
+
+
 def cmd_probe_abx(args: argparse.Namespace) -> int:
     import dataclasses
 
     from audiossl.probes.abx import ABXSettings, abx_probe, format_abx_report, write_abx_outputs
     from audiossl.probes.report import probe_features
 
+    if args.write_items:
+        return cmd_write_items(args)
+    if not (args.features or args.ckpt or args.baseline):
+        raise ConfigError("probe abx needs one of --features, --ckpt and --baseline (or --write-items)")
+    if args.item_file:
+        return cmd_probe_items(args)
+    if not args.alignments:
+        raise ConfigError("probe abx needs --alignments (items cut from frame labels) or --item-file")
+    if args.context in ("within", "any", "all"):
+        raise ConfigError(f"--context {args.context} is for --item-file; with --alignments: triphone or none")
     try:
-        settings = ABXSettings(args.context, args.distance, args.max_triples_per_item, args.context_frames, args.seed)
+        settings = ABXSettings(args.context or "triphone", args.distance, args.max_triples_per_item,
+                               args.context_frames, 1 if args.seed is None else args.seed)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     baselines, device = _floors(args), _device(args.device)
@@ -388,6 +492,30 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
 
 
+def _probe_options(source_required: bool) -> argparse.ArgumentParser:
+    """The options every probe shares: the source (required unless a task does without), floors, device, output."""
+    shared = argparse.ArgumentParser(add_help=False)
+    source = shared.add_mutually_exclusive_group(required=source_required)
+    source.add_argument("--features", help="an audiossl extract output folder")
+    source.add_argument("--ckpt", "--checkpoint", dest="ckpt",
+                        help="a checkpoint; its features are extracted from --data first (cached in OUT/features)")
+    source.add_argument("--baseline", choices=sorted(BASELINES),
+                        help="probe a hand-made feature of --data (cached in OUT/features)")
+    shared.add_argument("--data", help="corpus folder or manifest: required with --ckpt and --baseline; with "
+                        "--features, where the floors' audio is read (default: the audio the features came from)")
+    shared.add_argument("--layer", "--layers", dest="layers", type=_names, default=None,
+                        help="with --features or --ckpt, comma-separated layers to probe (default: context)")
+    shared.add_argument("--baselines", type=_names, default=None,
+                        help="hand-made floors probed beside the main source (default: mfcc,logmel; with "
+                        "--baseline: none; 'none' for none)")
+    shared.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    shared.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for extraction")
+    shared.add_argument("--out", help="output folder: metrics.json, report.txt, tb/ (TensorBoard curves) and, "
+                        "with --ckpt or --baseline, the extracted features")
+    shared.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return shared
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audiossl", description="Self-supervised speech representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -435,8 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", "--layers", dest="layers", type=_names, default=None,
                    help="with --ckpt, comma-separated: encoder, context (the last layer), context_1, ... "
                    "(default: context)")
-    p.add_argument("--format", choices=["npy", "npz"], default="npy",
-                   help="one .npy per utterance, or a compressed .npz holding the array as 'features'")
+    p.add_argument("--format", choices=["npy", "npz", "zerospeech"], default="npy",
+                   help="one .npy per utterance, or a compressed .npz holding the array as 'features', or "
+                   "zerospeech: the ZeroSpeech 2021 submission layout (OUT/phonetic/<subset>/<id>.npy|.txt and "
+                   "OUT/meta.yaml, written from an extraction into OUT/features)")
+    p.add_argument("--zerospeech-subset", help="--format zerospeech: the folder under OUT/phonetic (default: the "
+                   "--data folder's name, e.g. dev-clean)")
+    p.add_argument("--zerospeech-file", choices=["npy", "txt"], default="npy",
+                   help="--format zerospeech: .npy (zrc-abx2's default) or .txt (what zerospeech2021-validate "
+                   "accepts)")
     p.add_argument("--ids", action="append", metavar="FILE",
                    help="only the utterances listed (one id per line; repeatable, e.g. train and test splits)")
     p.add_argument("--batch-size", type=int, default=8, help="most utterances per forward pass")
@@ -455,25 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="linear phone or speaker, ABX, CTC and discrete-unit probes on frozen "
                        "features, beside MFCC/log-mel")
     tasks = p.add_subparsers(dest="task", required=True)
-    shared = argparse.ArgumentParser(add_help=False)
-    source = shared.add_mutually_exclusive_group(required=True)
-    source.add_argument("--features", help="an audiossl extract output folder")
-    source.add_argument("--ckpt", "--checkpoint", dest="ckpt",
-                        help="a checkpoint; its features are extracted from --data first (cached in OUT/features)")
-    source.add_argument("--baseline", choices=sorted(BASELINES),
-                        help="probe a hand-made feature of --data (cached in OUT/features)")
-    shared.add_argument("--data", help="corpus folder or manifest: required with --ckpt and --baseline; with "
-                        "--features, where the floors' audio is read (default: the audio the features came from)")
-    shared.add_argument("--layer", "--layers", dest="layers", type=_names, default=None,
-                        help="with --features or --ckpt, comma-separated layers to probe (default: context)")
-    shared.add_argument("--baselines", type=_names, default=None,
-                        help="hand-made floors probed beside the main source (default: mfcc,logmel; with "
-                        "--baseline: none; 'none' for none)")
-    shared.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    shared.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for extraction")
-    shared.add_argument("--out", help="output folder: metrics.json, report.txt, tb/ (TensorBoard curves) and, "
-                        "with --ckpt or --baseline, the extracted features")
-    shared.add_argument("--no-progress", action="store_true", help="no progress bars")
+    shared = _probe_options(source_required=True)
     # The linear probes' training; abx and the CTC probes have their own options.
     fit = argparse.ArgumentParser(add_help=False)
     fit.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
@@ -495,19 +612,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per example (default 0: whole utterances; CPC_audio uses 128)")
     t.add_argument("--pool", choices=["mean", "last"], default="mean", help="pool a window by its mean or last frame")
     p.set_defaults(func=cmd_probe)
-    t = tasks.add_parser("abx", parents=[shared], help="ABX phone discriminability within and across speakers")
-    t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt (items are cut from it)")
+    t = tasks.add_parser("abx", parents=[_probe_options(source_required=False)],
+                         help="ABX phone discriminability within and across speakers, on items cut from frame "
+                         "alignments or on a Libri-light/ZeroSpeech item file")
+    t.add_argument("--alignments", help="converted_aligned_phones.txt (items are cut from it)")
+    t.add_argument("--item-file", help="a Libri-light/ZeroSpeech .item file: score its items as zrc-abx2 does "
+                   "(instead of --alignments)")
+    t.add_argument("--write-items", metavar="OUT.item", help="write --alignments' items (of --split) as an item "
+                   "file with --phones' names, and stop")
     t.add_argument("--phones", help="phone inventory (phones.txt); names the silence class SIL (default: class 0)")
     t.add_argument("--split", help="utterance ids to draw items from (CPC's test_split.txt; default: all)")
-    t.add_argument("--context", choices=["triphone", "none"], default="triphone",
-                   help="triphone: A, B, X share both neighbouring phones (ZeroSpeech); none: any context, "
-                   "for corpora too small for triphones")
+    t.add_argument("--context", choices=["triphone", "none", "within", "any", "all"], default=None,
+                   help="triphone (= within): A, B, X share both neighbouring phones (ZeroSpeech); none (= any): "
+                   "any context; all: both (--item-file only). Default: triphone, all with --item-file")
     t.add_argument("--distance", choices=["angular", "cosine"], default="angular",
                    help="frame distance: arccos(cos)/pi (ZeroSpeech's and Libri-light's 'cosine') or 1 - cos")
     t.add_argument("--max-triples-per-item", type=int, default=20,
                    help="(A, B) pairs drawn per X item and condition (0: all)")
     t.add_argument("--context-frames", type=int, default=0, help="neighbour frames added to each side of an item")
-    t.add_argument("--seed", type=int, default=1, help="triple sampling")
+    t.add_argument("--max-size-group", type=int, default=10,
+                   help="--item-file: items drawn per (context, speaker, phone) group (zrc-abx2's default 10)")
+    t.add_argument("--max-x-across", type=int, default=5,
+                   help="--item-file: X speakers drawn per A group across speakers (zrc-abx2's default 5)")
+    t.add_argument("--seed", type=int, default=None,
+                   help="the sampling (default 1; with --item-file 3459, zrc-abx2's)")
     t.set_defaults(func=cmd_probe_abx)
     from audiossl.probes.ctc import DEFAULT_LR, CTCSettings
 

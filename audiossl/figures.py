@@ -1,10 +1,13 @@
 """The report's figures: plain arrays in, one PNG file out.
 
 Every function draws on its own :class:`matplotlib.figure.Figure` rendered by
-the Agg canvas: pyplot is never imported, so nothing opens a window, no global
+the Agg canvas: pyplot is never used, so nothing opens a window, no global
 figure state is kept between calls and importing this module does not change
-the backend of a notebook that uses it. Files are written to a temporary name
-and renamed, so a figure on disk is always complete.
+the backend of a notebook that uses it (``librosa.display``, which draws the
+spectrograms with frequencies in Hz and times in seconds, imports pyplot; it is
+loaded only when a spectrogram is drawn, and only its ``specshow`` on an
+existing axis is called). Files are written to a temporary name and renamed,
+so a figure on disk is always complete.
 
 - :func:`plot_training`: loss, learning rate and, for CPC, the accuracy and
   mutual-information bound of each prediction step ``k`` over training (one
@@ -253,14 +256,23 @@ def plot_projection(path: str | Path, points: np.ndarray, speakers: Sequence[str
     return _save(fig, path)
 
 
+def _spectrogram(ax, logmel: np.ndarray, logmel_rate: float, sample_rate: int):
+    """Draw (frames, mel bins) log power with ``librosa.display.specshow``: seconds across, Hz up (HTK mel scale)."""
+    from librosa.display import specshow  # imports pyplot: loaded only when a spectrogram is drawn
+
+    return specshow(logmel.T, sr=sample_rate, hop_length=round(sample_rate / logmel_rate), x_axis="s",
+                    y_axis="mel", fmin=0.0, fmax=sample_rate / 2, htk=True, cmap="magma", ax=ax)
+
+
 def plot_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, feats: np.ndarray, feat_rate: float,
                    segments: Sequence[tuple[float, float, str]] | None = None, title: str = "utterance",
-                   feats_label: str = "learned features") -> Path:
+                   feats_label: str = "learned features", sample_rate: int = 16000) -> Path:
     """Log-mel spectrogram above the learned features, on one time axis in seconds.
 
     Args:
         path: the PNG to write.
-        logmel: (frames, mel bins) log power.
+        logmel: (frames, mel bins) log power, HTK mel bins from 0 Hz to
+            ``sample_rate / 2`` (:class:`~audiossl.models.frontends.LogMelFrontend`).
         logmel_rate: spectrogram frames per second.
         feats: (frames, dim) features; each dimension is standardized over
             time for display.
@@ -268,6 +280,7 @@ def plot_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, fea
         segments: ``(start s, end s, phone)`` shown in a strip on top.
         title: the figure's title.
         feats_label: names the features on their axis.
+        sample_rate: of the audio the spectrogram comes from.
     """
     if logmel.ndim != 2 or feats.ndim != 2:
         raise ValueError(f"expected (frames, bins) and (frames, dim) arrays, got {logmel.shape} and {feats.shape}")
@@ -279,10 +292,10 @@ def plot_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, fea
     spec_ax = fig.add_subplot(grid[len(rows), 0])
     feat_ax = fig.add_subplot(grid[len(rows) + 1, 0], sharex=spec_ax)
     duration = max(len(logmel) / logmel_rate, len(feats) / feat_rate)
-    image = spec_ax.imshow(logmel.T, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
-                           extent=(0, len(logmel) / logmel_rate, 0, logmel.shape[1]))
+    image = _spectrogram(spec_ax, logmel, logmel_rate, sample_rate)
     fig.colorbar(image, cax=fig.add_subplot(grid[len(rows), 1]), label="log power")
-    spec_ax.set_ylabel("mel bin")
+    spec_ax.set_ylabel("frequency (Hz)")
+    spec_ax.set_xlabel("")
     spec_ax.set_title("log-mel spectrogram")
     spec_ax.tick_params(labelbottom=False)
     limit = float(np.percentile(np.abs(shown), 99)) if shown.size else 1.0
@@ -357,7 +370,7 @@ def plot_unit_quality(path: str | Path, table: Mapping[int, Mapping[str, Mapping
 
 def plot_units_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, units: np.ndarray,
                          unit_rate: float, num_units: int, segments: Sequence[tuple[float, float, str]] | None = None,
-                         title: str = "utterance") -> Path:
+                         title: str = "utterance", sample_rate: int = 16000) -> Path:
     """Log-mel spectrogram with the boundaries of the unit runs drawn over it and the units in a strip below.
 
     Args:
@@ -369,6 +382,7 @@ def plot_units_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: floa
         num_units: k, for the colours and the axis label.
         segments: ``(start s, end s, phone)`` shown in a strip on top.
         title: the figure's title.
+        sample_rate: of the audio the spectrogram comes from.
     """
     units = np.asarray(units)
     if logmel.ndim != 2 or units.ndim != 1:
@@ -381,10 +395,10 @@ def plot_units_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: floa
     fig = Figure(figsize=(11, 2.2 + 3.2 * sum(heights) / 1.7), layout="constrained")
     grid = fig.add_gridspec(len(heights), 1, height_ratios=heights)
     spec_ax = fig.add_subplot(grid[len(heights) - 2, 0])
-    spec_ax.imshow(logmel.T, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
-                   extent=(0, len(logmel) / logmel_rate, 0, logmel.shape[1]))
-    spec_ax.vlines(starts[1:], 0, logmel.shape[1], colors="white", linewidth=0.5, alpha=0.6)
-    spec_ax.set_ylabel("mel bin")
+    _spectrogram(spec_ax, logmel, logmel_rate, sample_rate)
+    spec_ax.vlines(starts[1:], 0, sample_rate / 2, colors="white", linewidth=0.5, alpha=0.6)
+    spec_ax.set_ylabel("frequency (Hz)")
+    spec_ax.set_xlabel("")
     spec_ax.set_title(f"log-mel spectrogram; lines: where the unit changes ({len(runs)} runs of {len(units)} frames)")
     spec_ax.tick_params(labelbottom=False)
     spec_ax.set_xlim(0, duration)

@@ -211,3 +211,20 @@ def test_pca_separates_the_main_direction(dim):
     assert points.shape == (30, 2) and explained.shape == (2,)
     assert 0.9 < explained[0] <= 1 and 0 <= explained[1] <= 1 - explained[0] + 1e-9
     assert np.all(np.sign(points[:15, 0]) == -np.sign(points[15:, 0]))
+
+
+def test_spectrogram_axes_are_hertz_and_seconds(tmp_path, monkeypatch):
+    from audiossl import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    logmel = np.random.default_rng(0).standard_normal((250, 80)).astype(np.float32)  # 2.5 s at 100 frames/s
+    feats = np.random.default_rng(1).standard_normal((250, 16)).astype(np.float32)
+    figures.plot_utterance(tmp_path / "u.png", logmel, 100.0, feats, 100.0, sample_rate=16000)
+    figures.plot_units_utterance(tmp_path / "v.png", logmel, 100.0, np.arange(250) // 25, 100.0, 10,
+                                 sample_rate=16000)
+    for fig in drawn:
+        spec = next(ax for ax in fig.axes if ax.get_ylabel() == "frequency (Hz)")
+        assert spec.get_ylim()[0] == pytest.approx(0.0, abs=50) and spec.get_ylim()[1] == pytest.approx(8000, rel=0.02)
+        assert spec.get_xlim()[1] == pytest.approx(2.5, rel=0.01)  # seconds, not frames
+        assert type(spec.xaxis.get_major_formatter()).__name__ == "TimeFormatter"  # librosa's, in seconds

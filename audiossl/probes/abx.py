@@ -61,6 +61,7 @@ __all__ = [
     "Items",
     "abx_error",
     "abx_probe",
+    "average_cells",
     "abx_score",
     "dtw_mean_cost",
     "find_items",
@@ -339,6 +340,27 @@ def _group_means(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.n
     return unique, np.bincount(inverse, weights=values) / np.bincount(inverse)
 
 
+def average_cells(cells: np.ndarray, errors: np.ndarray) -> tuple[float | None, int]:
+    """Cell errors averaged one key column at a time, last column first, down to phone pairs.
+
+    Args:
+        cells: (cells, k) integer keys, k >= 2; the first two columns are A's
+            and B's phones, the others are averaged out right to left (e.g.
+            speaker, context: over contexts, then over speakers).
+        errors: (cells,) error rate of each cell.
+
+    Returns:
+        The mean over phone pairs (None without cells) and the number of pairs.
+    """
+    if len(cells) == 0:
+        return None, 0
+    means = np.asarray(errors, dtype=np.float64)
+    cells, means = _group_means(cells, means)
+    while cells.shape[1] > 2:
+        cells, means = _group_means(cells[:, :-1], means)
+    return float(means.mean()), len(cells)
+
+
 def abx_error(items: Items, triples: np.ndarray, d_ax: np.ndarray, d_bx: np.ndarray, condition: str,
                context: str = "triphone") -> dict:
     """ZeroSpeech's ABX error: per cell, then over contexts, speakers and phone pairs.
@@ -361,11 +383,8 @@ def abx_error(items: Items, triples: np.ndarray, d_ax: np.ndarray, d_bx: np.ndar
     key = _context_key(items, context)
     speaker = items.speaker[x] if condition == "within" else items.speaker[a] * len(items.speakers) + items.speaker[x]
     cells, means = _group_means(np.stack([items.centre[a], items.centre[b], speaker, key[x]], axis=1), errors)
-    num_cells = len(cells)
-    for _ in range(2):  # over contexts, then over speakers
-        cells, means = _group_means(cells[:, :-1], means)
-    return {"error": float(means.mean()), "num_triples": len(triples), "num_cells": num_cells,
-            "num_phone_pairs": len(cells)}
+    error, num_pairs = average_cells(cells, means)  # over contexts, then over speakers, then phone pairs
+    return {"error": error, "num_triples": len(triples), "num_cells": len(cells), "num_phone_pairs": num_pairs}
 
 
 def abx_score(feats: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], speakers: Mapping[str, str],

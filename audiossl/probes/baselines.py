@@ -1,4 +1,4 @@
-"""Hand-made features, the floor every probe report shows: MFCC and log-mel.
+"""Hand-made features, the floor every probe report shows: MFCC, log-mel and Kaldi's MFCC.
 
 The CPC paper (van den Oord et al. 2018, Table 1) puts its LibriSpeech 100 h
 linear-probe figures beside the same probe on MFCC features (39.7 % phones,
@@ -20,11 +20,23 @@ label):
 Neither is normalized per utterance: per-utterance CMVN would remove speaker
 information from the speaker probe's floor. The probes standardize every
 feature dimension with the training set's statistics instead.
+
+- ``kaldi-mfcc``: the floor the field reports, s3prl's ``mfcc`` upstream
+  (``upstream/baseline/mfcc.yaml``): Kaldi's MFCC through
+  ``torchaudio.compliance.kaldi.mfcc`` (13 cepstra from 23 mel bins, 25 ms
+  Povey windows every 10 ms, no dither, no energy), deltas and delta-deltas
+  (``torchaudio``'s ``compute_deltas``, 5-frame windows) and per-utterance
+  CMVN (mean and unbiased standard deviation + 1e-10, as s3prl), 39 dims. The
+  same frames as the other floors: ``snip_edges=False`` centres frame ``t``
+  on sample ``160 t + 80`` (where :class:`LogMelFrontend` centres it) and the
+  first ``n // 160`` frames are kept. Its CMVN needs whole utterances, so it
+  refuses chunked extraction, and it removes part of the speaker information.
 """
 
 from __future__ import annotations
 
 import torch
+import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 from torch import nn
 
@@ -33,7 +45,7 @@ from audiossl.models.encoders import ConvEncoder
 from audiossl.models.frontends import LogMelFrontend, length_mask
 from audiossl.models.model import SSLModel
 
-__all__ = ["BASELINES", "MFCCFrontend", "add_deltas", "build_baseline"]
+__all__ = ["BASELINES", "KaldiMFCCFrontend", "MFCCFrontend", "add_deltas", "build_baseline"]
 
 
 def add_deltas(feats: torch.Tensor, lengths: torch.Tensor, window: int = 2) -> torch.Tensor:
@@ -97,18 +109,66 @@ class MFCCFrontend(nn.Module):
         return out * length_mask(lengths, out.shape[1]).unsqueeze(-1), lengths
 
 
+class KaldiMFCCFrontend(nn.Module):
+    """Kaldi's MFCC with deltas and per-utterance CMVN, as s3prl's ``mfcc`` upstream, on 10 ms frames.
+
+    Args:
+        sample_rate: of the input waveforms.
+        num_ceps: cepstra kept (Kaldi's ``--num-ceps``; c0 included).
+        num_deltas: 0, 1 or 2 (s3prl's ``delta.order``).
+        delta_window: frames of each delta regression (s3prl's ``delta.win_length``).
+        cmvn: per-utterance mean and variance normalization (s3prl's ``cmvn.use_cmvn``).
+    """
+
+    def __init__(self, sample_rate: int = 16000, num_ceps: int = 13, num_deltas: int = 2, delta_window: int = 5,
+                 cmvn: bool = True):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.num_ceps, self.num_deltas, self.delta_window = num_ceps, num_deltas, delta_window
+        self.cmvn = cmvn  # extract refuses to chunk a frontend with cmvn
+        self.hop = sample_rate // 100
+        self.win = sample_rate // 40
+        self.receptive_field = self.win + 2 * num_deltas * (delta_window // 2) * self.hop
+        self.out_dim = num_ceps * (num_deltas + 1)
+
+    def utterance(self, wav: torch.Tensor) -> torch.Tensor:
+        """(samples,) -> (samples // hop, out_dim) features of one utterance."""
+        num_frames = wav.numel() // self.hop
+        if num_frames == 0:
+            return wav.new_zeros(0, self.out_dim)
+        ceps = kaldi.mfcc(wav.float()[None], sample_frequency=self.sample_rate, num_ceps=self.num_ceps,
+                          frame_length=1000 * self.win / self.sample_rate,
+                          frame_shift=1000 * self.hop / self.sample_rate, snip_edges=False)[:num_frames]  # (T, C)
+        feats = [ceps.T]  # (C, T)
+        for _ in range(self.num_deltas):
+            feats.append(AF.compute_deltas(feats[-1], win_length=self.delta_window))
+        out = torch.cat(feats).T  # (T, out_dim)
+        if self.cmvn:
+            std = out.std(dim=0, keepdim=True) if num_frames > 1 else torch.zeros_like(out[:1])
+            out = (out - out.mean(dim=0, keepdim=True)) / (1e-10 + std)
+        return out
+
+    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out_lengths = lengths // self.hop
+        out = wavs.new_zeros(wavs.shape[0], wavs.shape[1] // self.hop, self.out_dim, dtype=torch.float32)
+        for row, length in enumerate(lengths.tolist()):  # Kaldi's features are per utterance
+            feats = self.utterance(wavs[row, :length])
+            out[row, : len(feats)] = feats
+        return out, out_lengths
+
+
 def _logmel(sample_rate: int) -> nn.Module:
     return LogMelFrontend(sample_rate, n_mels=80)
 
 
-BASELINES = {"mfcc": MFCCFrontend, "logmel": _logmel}
+BASELINES = {"mfcc": MFCCFrontend, "logmel": _logmel, "kaldi-mfcc": KaldiMFCCFrontend}
 
 
 def build_baseline(name: str, sample_rate: int = 16000) -> SSLModel:
     """A hand-made feature as a model whose ``encoder`` layer is the feature.
 
     Args:
-        name: a key of :data:`BASELINES` (``mfcc`` or ``logmel``).
+        name: a key of :data:`BASELINES` (``mfcc``, ``logmel`` or ``kaldi-mfcc``).
         sample_rate: of the input waveforms.
 
     Returns:

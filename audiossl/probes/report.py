@@ -67,8 +67,8 @@ from audiossl.probes.baselines import BASELINES, build_baseline
 from audiossl.probes.linear import ProbeSettings, train_linear_probe
 from audiossl.probes.tasks import ProbeError, default_split, heldout_split, phone_examples, speaker_examples
 
-__all__ = ["DEFAULT_SETTINGS", "PUBLISHED", "format_report", "phone_probe", "probe_features", "speaker_probe",
-           "write_outputs"]
+__all__ = ["DEFAULT_SETTINGS", "PUBLISHED", "feature_sets_with_floors", "format_report", "phone_probe",
+           "probe_features", "speaker_probe", "write_outputs"]
 
 # van den Oord et al. 2018, Table 1: linear probes on LibriSpeech 100 h (test accuracy).
 PUBLISHED = {
@@ -180,6 +180,18 @@ def _with_baselines(layer_sets: list[FeatureSet], baselines: Sequence[str], ids:
         sets.extend(extract(model, todo, reference.folder.parent, {name: "encoder"}, {"baseline": name},
                             device=device, num_workers=num_workers, progress=progress).values())
     return sets
+
+
+def feature_sets_with_floors(features_dir: str | Path, layers: Sequence[str], baselines: Sequence[str],
+                             ids: Sequence[str], data: str | Path | None, device: torch.device, num_workers: int = 0,
+                             progress: bool = True) -> list[FeatureSet]:
+    """The layers of ``features_dir``, then each baseline extracted beside them for ``ids`` (resumed if there).
+
+    The baselines' audio: the utterances of ``data`` when given, else the
+    files the first layer was extracted from.
+    """
+    layer_sets = _open_layers(Path(features_dir), layers)
+    return _with_baselines(layer_sets, baselines, ids, device, num_workers, progress, _audio(data, ids, progress))
 
 
 def _majority(train_labels: np.ndarray, test_labels: np.ndarray) -> float:
