@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with audiossl
 # installed in editable mode (with the test extra and s3prl, which the s3prl
-# upstream's tests run against), plus Debian's flite and sox for the corpus
+# upstream's tests run against, and the ABX reference zrc-abx2), plus Debian's flite and sox for the corpus
 # builder and tcmalloc for training (audiossl/allocator.py) when we may
 # install them.
 set -euo pipefail
@@ -23,4 +23,9 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev,s3prl]"
+# The ABX reference (zrc-abx2), which tools/abx_crosscheck.py and its test run beside audiossl's ABX: a
+# Cython extension built here, so it needs Cython in the environment and a C compiler; without them the
+# cross-check test is skipped and everything else works.
+.venv/bin/python -m pip install -q Cython && .venv/bin/python -m pip install -q --no-build-isolation zerospeech-libriabx2 \
+  || echo "setup: could not build zerospeech-libriabx2 (needs a C compiler); the ABX cross-check test will be skipped"
 echo "setup: done; activate with '. .venv/bin/activate'"
