@@ -191,6 +191,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(report: dict, table: str, out: str | None, write, curves: bool = False) -> int:
+    """Print a probe's table and, with ``--out``, write its outputs and say where they are."""
+    print(table)
+    if out:
+        write(report, table, out)
+        print(f"metrics: {out}/metrics.json; table: {out}/report.txt" + (f"; curves: {out}/tb" if curves else ""))
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -220,12 +229,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             report = phone_probe(features_dir, args.alignments, phones=args.phones, **common)
         else:
             report = speaker_probe(features_dir, window_frames=args.window_frames, pool=args.pool, **common)
-    table = format_report(report)
-    print(table)
-    if args.out:
-        write_outputs(report, table, args.out)
-        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt; curves: {args.out}/tb")
-    return 0
+    return _show(report, format_report(report), args.out, write_outputs, curves=True)
 
 
 def _floors(args: argparse.Namespace) -> list[str]:
@@ -303,12 +307,7 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
         report = item_file_probe(features_dir, args.item_file, layers, baselines,
                                  data=args.data if args.features else None, settings=settings, device=device,
                                  num_workers=args.num_workers, progress=not args.no_progress)
-    table = format_item_report(report)
-    print(table)
-    if args.out:
-        write_item_outputs(report, table, args.out)
-        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt")
-    return 0
+    return _show(report, format_item_report(report), args.out, write_item_outputs)
 
 
 def cmd_probe_abx(args: argparse.Namespace) -> int:
@@ -342,12 +341,7 @@ def cmd_probe_abx(args: argparse.Namespace) -> int:
                            data=args.data if args.features else None, split=args.split, phones=args.phones,
                            settings=settings, device=device, num_workers=args.num_workers,
                            progress=not args.no_progress)
-    table = format_abx_report(report)
-    print(table)
-    if args.out:
-        write_abx_outputs(report, table, args.out)
-        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt")
-    return 0
+    return _show(report, format_abx_report(report), args.out, write_abx_outputs)
 
 
 def cmd_probe_ctc(args: argparse.Namespace) -> int:
@@ -381,12 +375,7 @@ def cmd_probe_ctc(args: argparse.Namespace) -> int:
             units = args.units or Path(args.out or stack.enter_context(tempfile.TemporaryDirectory())) / "units.model"
             report = ctc_subword_probe(features_dir, units, layers, vocab_size=args.vocab_size,
                                        sp_type=args.sp_type, transcripts=args.transcripts or (), **common)
-    table = format_ctc_report(report)
-    print(table)
-    if args.out:
-        write_outputs(report, table, args.out)
-        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt; curves: {args.out}/tb")
-    return 0
+    return _show(report, format_ctc_report(report), args.out, write_outputs, curves=True)
 
 
 def cmd_units(args: argparse.Namespace) -> int:
@@ -436,12 +425,7 @@ def cmd_probe_units(args: argparse.Namespace) -> int:
     report = units_probe(args.units, args.features, args.alignments, split=args.split, phones=args.phones,
                          baselines=baselines, data=args.data, abx=abx, out=args.out, device=_device(args.device),
                          num_workers=args.num_workers, progress=not args.no_progress)
-    table = format_units_report(report)
-    print(table)
-    if args.out:
-        write_units_outputs(report, table, args.out)
-        print(f"metrics: {args.out}/metrics.json; table: {args.out}/report.txt")
-    return 0
+    return _show(report, format_units_report(report), args.out, write_units_outputs)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
