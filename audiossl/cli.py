@@ -272,9 +272,9 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
     import dataclasses
     import tempfile
 
-    from audiossl.probes.abx_groups import ItemABXSettings, format_item_report, item_file_probe, write_item_outputs
+    from audiossl.probes.abx_groups import ItemABXSettings, format_item_report, item_file_probe
     from audiossl.probes.abx_items import ItemFileError, read_item_file
-    from audiossl.probes.report import probe_features
+    from audiossl.probes.report import probe_features, write_table_and_metrics
 
     if args.alignments or args.split:
         raise ConfigError("--item-file names the items: no --alignments or --split")
@@ -307,14 +307,14 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
         report = item_file_probe(features_dir, args.item_file, layers, baselines,
                                  data=args.data if args.features else None, settings=settings, device=device,
                                  num_workers=args.num_workers, progress=not args.no_progress)
-    return _show(report, format_item_report(report), args.out, write_item_outputs)
+    return _show(report, format_item_report(report), args.out, write_table_and_metrics)
 
 
 def cmd_probe_abx(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from audiossl.probes.abx import ABXSettings, abx_probe, format_abx_report, write_abx_outputs
-    from audiossl.probes.report import probe_features
+    from audiossl.probes.abx import ABXSettings, abx_probe, format_abx_report
+    from audiossl.probes.report import probe_features, write_table_and_metrics
 
     if args.write_items:
         return cmd_write_items(args)
@@ -341,7 +341,7 @@ def cmd_probe_abx(args: argparse.Namespace) -> int:
                            data=args.data if args.features else None, split=args.split, phones=args.phones,
                            settings=settings, device=device, num_workers=args.num_workers,
                            progress=not args.no_progress)
-    return _show(report, format_abx_report(report), args.out, write_abx_outputs)
+    return _show(report, format_abx_report(report), args.out, write_table_and_metrics)
 
 
 def cmd_probe_ctc(args: argparse.Namespace) -> int:
@@ -413,7 +413,8 @@ def cmd_probe_units(args: argparse.Namespace) -> int:
     import dataclasses
 
     from audiossl.probes.abx import ABXSettings
-    from audiossl.probes.discrete import format_units_report, units_probe, write_units_outputs
+    from audiossl.probes.discrete import format_units_report, units_probe
+    from audiossl.probes.report import write_table_and_metrics
 
     try:
         abx = ABXSettings(args.context, "angular", args.max_triples_per_item, 0, args.seed)
@@ -425,7 +426,7 @@ def cmd_probe_units(args: argparse.Namespace) -> int:
     report = units_probe(args.units, args.features, args.alignments, split=args.split, phones=args.phones,
                          baselines=baselines, data=args.data, abx=abx, out=args.out, device=_device(args.device),
                          num_workers=args.num_workers, progress=not args.no_progress)
-    return _show(report, format_units_report(report), args.out, write_units_outputs)
+    return _show(report, format_units_report(report), args.out, write_table_and_metrics)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

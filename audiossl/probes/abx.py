@@ -40,7 +40,6 @@ within speakers and across speakers; this module follows them.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -50,7 +49,6 @@ import numpy as np
 import torch
 
 from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
-from audiossl.features import atomic_write
 from audiossl.probes.baselines import BASELINES
 from audiossl.probes.report import _audio, _listing, _open_layers, _read, _with_baselines
 from audiossl.probes.tasks import LABEL_RATE, ProbeError
@@ -68,7 +66,6 @@ __all__ = [
     "format_abx_report",
     "pair_distances",
     "sample_triples",
-    "write_abx_outputs",
 ]
 
 CONDITIONS = ("within", "across")
@@ -535,9 +532,3 @@ def format_abx_report(report: dict) -> str:
             lines.append(f"dropped: {listing['count']} utterance(s) without {why}, e.g. {', '.join(listing['ids'])}")
     return "\n".join(lines)
 
-
-def write_abx_outputs(report: dict, table: str, out_dir: str | Path) -> None:
-    """``out_dir/report.txt`` (the table) and, last, ``metrics.json`` (the report), each written atomically."""
-    out_dir = Path(out_dir)
-    atomic_write(out_dir / "report.txt", lambda f: f.write(table.encode() + b"\n"))
-    atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))

@@ -39,7 +39,6 @@ context condition, and ZeroSpeech 2021's phoneme items are meant for ``any``.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -50,7 +49,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.features import atomic_write
 from audiossl.probes.abx import Items, average_cells, pair_distances
 from audiossl.probes.abx_items import ItemFile, ItemFileError, frame_spans, number, read_item_file
 from audiossl.probes.baselines import BASELINES
@@ -65,7 +63,6 @@ __all__ = [
     "item_file_probe",
     "item_file_score",
     "unit_frames",
-    "write_item_outputs",
 ]
 
 SPEAKER_MODES = ("within", "across")
@@ -398,9 +395,3 @@ def format_item_report(report: dict) -> str:
                          f"left without frames by the cut")
     return "\n".join(lines)
 
-
-def write_item_outputs(report: dict, table: str, out_dir: str | Path) -> None:
-    """``out_dir/report.txt`` (the table) and, last, ``metrics.json`` (the report), each written atomically."""
-    out_dir = Path(out_dir)
-    atomic_write(out_dir / "report.txt", lambda f: f.write(table.encode() + b"\n"))
-    atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))

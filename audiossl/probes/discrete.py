@@ -31,7 +31,6 @@ the same figures for them.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,6 @@ import torch
 from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
 from audiossl.discrete import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
 from audiossl.extract import FeatureSet
-from audiossl.features import atomic_write
 from audiossl.kmeans import KMeansSettings
 from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score
 from audiossl.probes.baselines import BASELINES
@@ -52,7 +50,7 @@ from audiossl.probes.report import _audio, _listing, _read, _with_baselines
 from audiossl.probes.tasks import LABEL_RATE, ProbeError
 from audiossl.probes.units import silence_class
 
-__all__ = ["contingency", "format_units_report", "pnmi", "unit_quality", "units_probe", "write_units_outputs"]
+__all__ = ["contingency", "format_units_report", "pnmi", "unit_quality", "units_probe"]
 
 
 def contingency(units: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], num_phones: int,
@@ -224,10 +222,4 @@ def format_units_report(report: dict) -> str:
             lines.append(f"dropped: {listing['count']} utterance(s) without {why}, e.g. {', '.join(listing['ids'])}")
     return "\n".join(lines)
 
-
-def write_units_outputs(report: dict, table: str, out_dir: str | Path) -> None:
-    """``out_dir/report.txt`` (the table) and, last, ``metrics.json`` (the report), each written atomically."""
-    out_dir = Path(out_dir)
-    atomic_write(out_dir / "report.txt", lambda f: f.write(table.encode() + b"\n"))
-    atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
 

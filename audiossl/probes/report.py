@@ -68,7 +68,7 @@ from audiossl.probes.linear import ProbeSettings, train_linear_probe
 from audiossl.probes.tasks import ProbeError, default_split, heldout_split, phone_examples, speaker_examples
 
 __all__ = ["DEFAULT_SETTINGS", "PUBLISHED", "feature_sets_with_floors", "format_report", "phone_probe",
-           "probe_features", "speaker_probe", "write_outputs"]
+           "probe_features", "speaker_probe", "write_outputs", "write_table_and_metrics"]
 
 # van den Oord et al. 2018, Table 1: linear probes on LibriSpeech 100 h (test accuracy).
 PUBLISHED = {
@@ -374,10 +374,19 @@ def _write_curves(report: dict, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
+def write_table_and_metrics(report: dict, table: str, out_dir: str | Path) -> None:
+    """``out_dir/report.txt`` (the table) and, last, ``metrics.json`` (the report), each written atomically.
+
+    Every probe's outputs (the trained ones add their curves first: :func:`write_outputs`).
+    """
+    out_dir = Path(out_dir)
+    atomic_write(out_dir / "report.txt", lambda f: f.write(table.encode() + b"\n"))
+    atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
+
+
 def write_outputs(report: dict, table: str, out_dir: str | Path) -> None:
     """``out_dir/tb`` (curves), ``report.txt`` (the table) and, last, ``metrics.json`` (the report)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_curves(report, out_dir / "tb")
-    atomic_write(out_dir / "report.txt", lambda f: f.write(table.encode() + b"\n"))
-    atomic_write(out_dir / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
+    write_table_and_metrics(report, table, out_dir)
