@@ -23,7 +23,7 @@ from audiossl.audio import AudioError
 from audiossl.checkpoint import CheckpointError
 from audiossl.config import ConfigError, build_config, parse_overrides
 from audiossl.data.corpus import CorpusError
-from audiossl.discrete import UnitsError
+from audiossl.discrete import STANDARDIZE, UnitsError
 from audiossl.extract import FeatureError
 from audiossl.lock import FolderLocked
 from audiossl.probes import BASELINES, ProbeError
@@ -396,7 +396,8 @@ def cmd_units(args: argparse.Namespace) -> int:
         return 0
     try:
         settings = FitSettings(KMeansSettings(args.k, args.batch_size, args.max_epochs, args.tol, args.init_size,
-                                              args.seed), args.max_frames, not args.no_standardize)
+                                              args.seed), args.max_frames,
+                               "none" if args.no_standardize else args.standardize)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     print(f"# k-means on {args.features}/{args.layer} into {args.out}: {json.dumps(dataclasses.asdict(settings))}")
@@ -693,9 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--k", type=int, default=fit_defaults.kmeans.k, help="units (clusters)")
     t.add_argument("--max-frames", type=int, default=fit_defaults.max_frames,
                    help="frames drawn to fit on, uniformly over every frame of the utterances (0: all)")
-    t.add_argument("--no-standardize", action="store_true",
-                   help="cluster the raw features (default: every dimension standardized with the sample's "
-                   "mean and standard deviation, kept in the model)")
+    t.add_argument("--standardize", choices=STANDARDIZE, default=fit_defaults.standardize,
+                   help="scale every dimension to zero mean and unit variance before clustering, with the fitting "
+                   "sample's statistics (global, kept in the model) or each utterance's own (utterance)")
+    t.add_argument("--no-standardize", action="store_true", help="cluster the raw features (--standardize none)")
     t.add_argument("--batch-size", type=int, default=fit_defaults.kmeans.batch_size, help="frames per mini-batch")
     t.add_argument("--max-epochs", type=int, default=fit_defaults.kmeans.max_epochs, help="most passes over the sample")
     t.add_argument("--tol", type=float, default=fit_defaults.kmeans.tol,

@@ -6,12 +6,15 @@ replaced by the index of its nearest k-means centroid. (Not to be confused
 with :mod:`audiossl.probes.units`, the output units of the CTC probes.)
 
 ``audiossl units fit`` (:func:`fit_units`) draws a seeded sample of at most
-``max_frames`` frames from an ``audiossl extract`` layer folder, optionally
-standardizes every dimension with the sample's mean and standard deviation,
-and runs :func:`audiossl.kmeans.minibatch_kmeans` on it. The model folder::
+``max_frames`` frames from an ``audiossl extract`` layer folder, normalizes
+them (``standardize``: ``global``, every dimension scaled with the sample's
+mean and standard deviation; ``utterance``, every dimension scaled with each
+utterance's own mean and standard deviation, as cepstral mean and variance
+normalization does; ``none``) and runs
+:func:`audiossl.kmeans.minibatch_kmeans` on it. The model folder::
 
-    UNITS/kmeans.npz     centroids (k, dim) float32, in the standardized space when standardized,
-                         and then mean (dim,) and std (dim,) float64
+    UNITS/kmeans.npz     centroids (k, dim) float32, in the normalized space, and with ``global``
+                         the sample's mean (dim,) and std (dim,) float64
     UNITS/fit_ids.txt    the utterances the frames were drawn from, one id per line
     UNITS/kmeans.json    what it is, written last: k, dim, layer, the features folder and the
                          checkpoint (path and digest) or baseline they came from, frame rate,
@@ -66,7 +69,7 @@ from audiossl.kmeans import KMeansSettings, assign, minibatch_kmeans
 from audiossl.lock import FolderLock
 
 __all__ = ["FitSettings", "UnitModel", "UnitsError", "assign_units", "check_features", "fit_units", "format_line",
-           "open_onehot", "parse_line", "read_quantized", "sample_frames", "write_quantized"]
+           "open_onehot", "parse_line", "read_quantized", "sample_frames", "utterance_normalized", "write_quantized"]
 
 MODEL_VERSION = 1
 MODEL_RECORD = "kmeans.json"
@@ -78,6 +81,7 @@ ONEHOT = "onehot"
 ASSIGN_RECORD = "assign.json"
 ONEHOT_FORMATS = ("npy", "npz", "none")
 MIN_STD = 1e-5  # a dimension more constant than this is not scaled
+STANDARDIZE = ("global", "utterance", "none")
 
 
 class UnitsError(ValueError):
@@ -88,9 +92,15 @@ class UnitsError(ValueError):
 class FitSettings:
     kmeans: KMeansSettings = field(default_factory=KMeansSettings)  # k, batch size, epochs, seed ...
     max_frames: int = 1_000_000  # frames drawn (seeded, uniformly over all frames) to fit on; 0: all
-    standardize: bool = True  # scale every dimension to zero mean and unit variance before clustering
+    # scale every dimension to zero mean and unit variance before clustering: "global" with the fitting
+    # sample's statistics, "utterance" with each utterance's own, "none" not at all (True / False: global / none)
+    standardize: str = "global"
 
     def __post_init__(self) -> None:
+        if isinstance(self.standardize, bool):  # what models fitted before the per-utterance choice recorded
+            self.standardize = "global" if self.standardize else "none"
+        if self.standardize not in STANDARDIZE:
+            raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
         if self.max_frames < 0:
             raise ValueError(f"max_frames must not be negative, got {self.max_frames}")
 
@@ -170,8 +180,9 @@ class UnitModel:
     Attributes:
         folder: the model folder.
         record: ``kmeans.json``.
-        centroids: (k, dim) float32, in the standardized space when ``mean`` is set.
-        mean, std: (dim,) the fitting sample's statistics, or None when not standardized.
+        centroids: (k, dim) float32, in the normalized space.
+        standardize: ``global``, ``utterance`` or ``none`` (see :class:`FitSettings`).
+        mean, std: (dim,) the fitting sample's statistics with ``global``, else None.
         digest: of ``kmeans.npz``; an assignment records it.
     """
 
@@ -195,6 +206,7 @@ class UnitModel:
         if self.centroids.shape != expected or (self.mean is not None and self.mean.shape != expected[1:]):
             raise UnitsError(f"{arrays_path}: centroids of shape {self.centroids.shape}, {MODEL_RECORD} says "
                              f"{expected}")
+        self.standardize = FitSettings(standardize=self.record["settings"]["standardize"]).standardize
         self.digest = _digest(arrays_path)
         self._on: dict[str, torch.Tensor] = {}
 
@@ -220,7 +232,9 @@ class UnitModel:
         return load_split(self.folder / FIT_IDS)
 
     def standardized(self, feats: np.ndarray) -> np.ndarray:
-        """(frames, dim) features in the space of the centroids, float32."""
+        """One utterance's (frames, dim) features in the space of the centroids, float32."""
+        if self.standardize == "utterance":
+            return utterance_normalized(feats)
         feats = np.asarray(feats, dtype=np.float32)
         if self.mean is None:
             return feats
@@ -253,12 +267,22 @@ def _fit_ids(features: FeatureSet, split: str | Path | None) -> tuple[list[str],
     return [u for u in listed if u in features.num_frames], [u for u in listed if u not in features.num_frames]
 
 
+def utterance_normalized(feats: np.ndarray) -> np.ndarray:
+    """(frames, dim) features with every dimension at zero mean and unit variance over the utterance (float32;
+    a dimension more constant than ``MIN_STD`` is only centred)."""
+    feats = np.asarray(feats, dtype=np.float64)
+    std = feats.std(0) if len(feats) else np.ones(feats.shape[1])
+    std[std < MIN_STD] = 1.0
+    return ((feats - feats.mean(0)) / std).astype(np.float32) if len(feats) else feats.astype(np.float32)
+
+
 def sample_frames(features: FeatureSet, ids: Sequence[str], max_frames: int, seed: int,
-                  progress: bool = True) -> np.ndarray:
+                  progress: bool = True, per_utterance=None) -> np.ndarray:
     """At most ``max_frames`` frames drawn uniformly without replacement from all frames of ``ids``.
 
     The draw depends only on the utterances' frame counts, their order and
-    ``seed``; every utterance is read once.
+    ``seed``; every utterance is read once, and passed through
+    ``per_utterance`` (e.g. :func:`utterance_normalized`) when given.
 
     Returns:
         (frames, dim) float32, in the order of ``ids`` and of time.
@@ -276,7 +300,8 @@ def sample_frames(features: FeatureSet, ids: Sequence[str], max_frames: int, see
                                     dynamic_ncols=True)):
         lo, hi = bounds[i], bounds[i + 1]
         if hi > lo:
-            out[lo:hi] = features.load(utt_id)[picked[lo:hi] - offsets[i]]
+            feats = features.load(utt_id)
+            out[lo:hi] = (per_utterance(feats) if per_utterance else feats)[picked[lo:hi] - offsets[i]]
     return out
 
 
@@ -329,6 +354,8 @@ def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context",
     wanted = _settings_record(features, split, settings)
     if (out / MODEL_RECORD).is_file():
         old = json.loads((out / MODEL_RECORD).read_text()).get("settings", {})
+        if "standardize" in old:  # True / False in a model fitted before the per-utterance choice
+            old["standardize"] = FitSettings(standardize=old["standardize"]).standardize
         differ = sorted(key for key in set(old) | set(wanted) if old.get(key) != wanted.get(key))
         if differ:
             raise UnitsError(f"{out} holds a units model fitted with other settings ({', '.join(differ)}); "
@@ -341,11 +368,12 @@ def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context",
     if not ids:
         raise UnitsError(f"no utterance of {split or features.folder} has features in {features.folder}")
     began = time.perf_counter()
-    sample = sample_frames(features, ids, settings.max_frames, settings.kmeans.seed, progress)
+    per_utterance = utterance_normalized if settings.standardize == "utterance" else None
+    sample = sample_frames(features, ids, settings.max_frames, settings.kmeans.seed, progress, per_utterance)
     if not np.isfinite(sample).all():
         raise UnitsError(f"{features.folder}: the sampled frames hold NaN or infinite values")
     mean = std = None
-    if settings.standardize:
+    if settings.standardize == "global":
         mean, std = _moments(sample)
         sample -= mean.astype(np.float32)  # in place: the sample may be gigabytes
         sample /= std.astype(np.float32)

@@ -14,7 +14,7 @@ import torch
 
 from audiossl.cli import main
 from audiossl.discrete import (FitSettings, UnitModel, UnitsError, assign_units, fit_units, open_onehot, parse_line,
-                               read_quantized, sample_frames, write_quantized)
+                               read_quantized, sample_frames, utterance_normalized, write_quantized)
 from audiossl.extract import FeatureSet, extract, select_utterances
 from audiossl.kmeans import KMeansSettings, assign, kmeans_plusplus, minibatch_kmeans, restart_dead_centres
 from audiossl.probes import build_baseline
@@ -233,7 +233,7 @@ def test_fit_saves_a_self_describing_model_and_keeps_it(mfcc_features, tmp_path)
     assert fitted
     record = json.loads((tmp_path / "units" / "kmeans.json").read_text())
     assert (record["k"], record["dim"], record["layer"], record["source"]) == (8, 39, "mfcc", {"baseline": "mfcc"})
-    assert record["standardized"] and record["fit"]["frames_used"] == 600 and len(model.fit_ids) == 12
+    assert record["standardized"] == "global" and record["fit"]["frames_used"] == 600 and len(model.fit_ids) == 12
     sample = sample_frames(FeatureSet(mfcc_features / "mfcc"), model.fit_ids, 600, seed=1, progress=False)
     np.testing.assert_allclose(model.mean, sample.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.std, sample.std(0), rtol=1e-4)
@@ -245,6 +245,35 @@ def test_fit_saves_a_self_describing_model_and_keeps_it(mfcc_features, tmp_path)
     raw, _ = fit_units(mfcc_features, tmp_path / "raw", "mfcc", FitSettings(FAST.kmeans, 600, standardize=False),
                        progress=False)
     assert raw.mean is None and not np.array_equal(raw.assign(sample), model.assign(sample))
+
+
+def test_per_utterance_standardization_fits_and_assigns_on_each_utterances_own_statistics(mfcc_features, tmp_path):
+    features = FeatureSet(mfcc_features / "mfcc")
+    one = features.load(next(iter(features.num_frames))).astype(np.float64)
+    normalized = utterance_normalized(one)
+    np.testing.assert_allclose(normalized.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(normalized.std(0)[one.std(0) > 1e-3], 1, rtol=1e-4)
+    constant = utterance_normalized(np.full((5, 3), 7.0))
+    assert np.array_equal(constant, np.zeros((5, 3), np.float32))  # centred, not divided by zero
+    settings = FitSettings(FAST.kmeans, 600, standardize="utterance")
+    model, _ = fit_units(mfcc_features, tmp_path / "utt", "mfcc", settings, progress=False)
+    record = json.loads((tmp_path / "utt" / "kmeans.json").read_text())
+    assert record["settings"]["standardize"] == "utterance" and model.mean is None
+    sample = sample_frames(features, model.fit_ids, 600, seed=1, progress=False, per_utterance=utterance_normalized)
+    assert np.isfinite(sample).all()
+    assert np.abs(sample.mean(0)).max() < 0.2  # each utterance centred, so the sample is about centred too
+    # assigning an utterance shifted and scaled as a whole gives the same units: its own statistics absorb it
+    np.testing.assert_array_equal(model.assign(one * 3.0 + 5.0), model.assign(one))
+    global_model, _ = fit_units(mfcc_features, tmp_path / "global", "mfcc", FAST, progress=False)
+    assert not np.array_equal(global_model.assign(one * 3.0 + 5.0), global_model.assign(one))
+    with pytest.raises(ValueError, match="standardize must be one of global, utterance, none"):
+        FitSettings(standardize="speaker")
+    # a model recorded with the old boolean reads as global, and the same settings keep it
+    old = json.loads((tmp_path / "global" / "kmeans.json").read_text())
+    old["settings"]["standardize"] = True
+    (tmp_path / "global" / "kmeans.json").write_text(json.dumps(old))
+    again, fitted = fit_units(mfcc_features, tmp_path / "global", "mfcc", FAST, progress=False)
+    assert not fitted and again.standardize == "global"
 
 
 def read_outputs(out: Path) -> dict[str, bytes]:
