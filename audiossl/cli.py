@@ -695,8 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-frames", type=int, default=fit_defaults.max_frames,
                    help="frames drawn to fit on, uniformly over every frame of the utterances (0: all)")
     t.add_argument("--standardize", choices=STANDARDIZE, default=fit_defaults.standardize,
-                   help="scale every dimension to zero mean and unit variance before clustering, with the fitting "
-                   "sample's statistics (global, kept in the model) or each utterance's own (utterance)")
+                   help="scale every dimension to zero mean and unit variance before clustering, with each "
+                   "utterance's own statistics (utterance, the default) or the fitting sample's (global, kept in "
+                   "the model)")
     t.add_argument("--no-standardize", action="store_true", help="cluster the raw features (--standardize none)")
     t.add_argument("--batch-size", type=int, default=fit_defaults.kmeans.batch_size, help="frames per mini-batch")
     t.add_argument("--max-epochs", type=int, default=fit_defaults.kmeans.max_epochs, help="most passes over the sample")

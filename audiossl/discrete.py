@@ -7,10 +7,10 @@ with :mod:`audiossl.probes.units`, the output units of the CTC probes.)
 
 ``audiossl units fit`` (:func:`fit_units`) draws a seeded sample of at most
 ``max_frames`` frames from an ``audiossl extract`` layer folder, normalizes
-them (``standardize``: ``global``, every dimension scaled with the sample's
-mean and standard deviation; ``utterance``, every dimension scaled with each
-utterance's own mean and standard deviation, as cepstral mean and variance
-normalization does; ``none``) and runs
+them (``standardize``: ``utterance``, the default, every dimension scaled
+with each utterance's own mean and standard deviation, as cepstral mean and
+variance normalization does; ``global``, with the sample's mean and standard
+deviation; ``none``) and runs
 :func:`audiossl.kmeans.minibatch_kmeans` on it. The model folder::
 
     UNITS/kmeans.npz     centroids (k, dim) float32, in the normalized space, and with ``global``
@@ -92,9 +92,10 @@ class UnitsError(ValueError):
 class FitSettings:
     kmeans: KMeansSettings = field(default_factory=KMeansSettings)  # k, batch size, epochs, seed ...
     max_frames: int = 1_000_000  # frames drawn (seeded, uniformly over all frames) to fit on; 0: all
-    # scale every dimension to zero mean and unit variance before clustering: "global" with the fitting
-    # sample's statistics, "utterance" with each utterance's own, "none" not at all (True / False: global / none)
-    standardize: str = "global"
+    # scale every dimension to zero mean and unit variance before clustering: "utterance" with each
+    # utterance's own statistics (raised PNMI for every feature set of docs/benchmarks.md), "global" with the
+    # fitting sample's, "none" not at all (True / False, what models fitted before recorded: global / none)
+    standardize: str = "utterance"
 
     def __post_init__(self) -> None:
         if isinstance(self.standardize, bool):  # what models fitted before the per-utterance choice recorded

@@ -211,7 +211,7 @@ def mfcc_features(tiny_corpus, tmp_path) -> Path:
     return out
 
 
-FAST = FitSettings(KMeansSettings(k=8, batch_size=256), max_frames=600)
+FAST = FitSettings(KMeansSettings(k=8, batch_size=256), max_frames=600, standardize="global")
 
 
 def test_frame_sample_is_seeded_uniform_and_without_replacement(mfcc_features):
@@ -239,7 +239,7 @@ def test_fit_saves_a_self_describing_model_and_keeps_it(mfcc_features, tmp_path)
     np.testing.assert_allclose(model.std, sample.std(0), rtol=1e-4)
     again, fitted = fit_units(mfcc_features, tmp_path / "units", "mfcc", FAST, progress=False)
     assert not fitted and np.array_equal(again.centroids, model.centroids)
-    other = FitSettings(KMeansSettings(k=9, batch_size=256), max_frames=600)
+    other = FitSettings(KMeansSettings(k=9, batch_size=256), max_frames=600, standardize="global")
     with pytest.raises(UnitsError, match=r"fitted with other settings \(k\)"):
         fit_units(mfcc_features, tmp_path / "units", "mfcc", other, progress=False)
     raw, _ = fit_units(mfcc_features, tmp_path / "raw", "mfcc", FitSettings(FAST.kmeans, 600, standardize=False),
@@ -255,7 +255,8 @@ def test_per_utterance_standardization_fits_and_assigns_on_each_utterances_own_s
     np.testing.assert_allclose(normalized.std(0)[one.std(0) > 1e-3], 1, rtol=1e-4)
     constant = utterance_normalized(np.full((5, 3), 7.0))
     assert np.array_equal(constant, np.zeros((5, 3), np.float32))  # centred, not divided by zero
-    settings = FitSettings(FAST.kmeans, 600, standardize="utterance")
+    settings = FitSettings(FAST.kmeans, 600)  # the default
+    assert settings.standardize == "utterance"
     model, _ = fit_units(mfcc_features, tmp_path / "utt", "mfcc", settings, progress=False)
     record = json.loads((tmp_path / "utt" / "kmeans.json").read_text())
     assert record["settings"]["standardize"] == "utterance" and model.mean is None
