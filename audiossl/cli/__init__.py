@@ -779,6 +779,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audiossl {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-
-if __name__ == "__main__":
-    sys.exit(main())
