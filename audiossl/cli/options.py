@@ -1,0 +1,52 @@
+"""What several commands share: the config and its ``key=value`` overrides, the device, the layers to read and
+comma-separated names."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from audiossl.config import ConfigError, build_config, parse_overrides
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """``--config`` and the ``key=value`` overrides, read by :func:`config_from`."""
+    p.add_argument("--config", help="flat YAML config file (recipes/conf/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
+
+
+def config_from(args: argparse.Namespace):
+    """The config of ``--config`` with the overrides applied."""
+    return build_config(args.config, parse_overrides(args.overrides))
+
+
+def print_config(cfg) -> None:
+    """Print the resolved config as flat YAML, as a run starts."""
+    print("# resolved config")
+    print(yaml.safe_dump(cfg.flat(), sort_keys=False).rstrip())
+
+
+def device_from(spec: str):
+    """``--device`` (auto | cpu | cuda | cuda:N) as a torch device; CUDA where there is none is a user error."""
+    from audiossl.train import TrainingError, choose_device
+
+    try:
+        return choose_device(spec)
+    except TrainingError as e:
+        raise ConfigError(str(e)) from None
+
+
+def layers_from(args: argparse.Namespace) -> list[str]:
+    """``--layer`` (default: context); refused with ``--baseline``, whose one layer is named after it."""
+    if args.layers is None:
+        return ["context"]
+    if getattr(args, "baseline", None):
+        raise ConfigError(f"--layer {','.join(args.layers)} is for --ckpt or --features; --baseline "
+                          f"{args.baseline} has one layer, named {args.baseline}")
+    return args.layers
+
+
+def name_list(text: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; ``"none"`` -> ``[]``."""
+    return [] if text == "none" else [name for name in text.split(",") if name]

@@ -1,0 +1,116 @@
+"""``audiossl probe``: the command, its linear tasks (phone, speaker), and what every probe task shares.
+
+The other tasks have a module each, which adds its parser to the ``probe`` command's tasks:
+:mod:`~audiossl.cli.probe_abx`, :mod:`~audiossl.cli.probe_ctc` and :mod:`~audiossl.cli.probe_units`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from audiossl.cli.options import device_from, layers_from, name_list
+from audiossl.config import ConfigError
+from audiossl.probes import BASELINES
+
+
+def probe_options(source_required: bool) -> argparse.ArgumentParser:
+    """The options every probe shares: the source (required unless a task does without), floors, device, output."""
+    shared = argparse.ArgumentParser(add_help=False)
+    source = shared.add_mutually_exclusive_group(required=source_required)
+    source.add_argument("--features", help="an audiossl extract output folder")
+    source.add_argument("--ckpt", "--checkpoint", dest="ckpt",
+                        help="a checkpoint; its features are extracted from --data first (cached in OUT/features)")
+    source.add_argument("--baseline", choices=sorted(BASELINES),
+                        help="probe a hand-made feature of --data (cached in OUT/features)")
+    shared.add_argument("--data", help="corpus folder or manifest: required with --ckpt and --baseline; with "
+                        "--features, where the floors' audio is read (default: the audio the features came from)")
+    shared.add_argument("--layer", "--layers", dest="layers", type=name_list, default=None,
+                        help="with --features or --ckpt, comma-separated layers to probe (default: context)")
+    shared.add_argument("--baselines", type=name_list, default=None,
+                        help="hand-made floors probed beside the main source (default: mfcc,logmel; with "
+                        "--baseline: none; 'none' for none)")
+    shared.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    shared.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for extraction")
+    shared.add_argument("--out", help="output folder: metrics.json, report.txt, tb/ (TensorBoard curves) and, "
+                        "with --ckpt or --baseline, the extracted features")
+    shared.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return shared
+
+
+def floors(args: argparse.Namespace) -> list[str]:
+    """The floors probed beside the source: a hand-made feature probed as the source is its own floor."""
+    if (args.ckpt or args.baseline) and not args.data:
+        raise ConfigError("--data (a corpus folder or manifest) is required with --ckpt and --baseline")
+    return args.baselines if args.baselines is not None else [] if args.baseline else ["mfcc", "logmel"]
+
+
+def show(report: dict, table: str, out: str | None, write, curves: bool = False) -> int:
+    """Print a probe's table and, with ``--out``, write its outputs and say where they are."""
+    print(table)
+    if out:
+        write(report, table, out)
+        print(f"metrics: {out}/metrics.json; table: {out}/report.txt" + (f"; curves: {out}/tb" if curves else ""))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``probe`` with its phone and speaker tasks; returns the tasks, for the other tasks' modules to add to."""
+    p = sub.add_parser("probe", help="linear phone or speaker, ABX, CTC and discrete-unit probes on frozen "
+                       "features, beside MFCC/log-mel")
+    tasks = p.add_subparsers(dest="task", required=True)
+    shared = probe_options(source_required=True)
+    # The linear probes' training; abx and the CTC probes have their own options.
+    fit = argparse.ArgumentParser(add_help=False)
+    fit.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
+    fit.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
+                     "every fifth utterance of each speaker is held out")
+    fit.add_argument("--epochs", type=int, help="most passes over the training examples (phone 40, speaker 100)")
+    fit.add_argument("--patience", type=int, help="stop after this many epochs without a better held-out "
+                     "accuracy (phone 10, speaker 20; 0: never)")
+    fit.add_argument("--batch-size", type=int, help="examples per step (phone 1024, speaker 64)")
+    fit.add_argument("--lr", type=float, help="AdamW peak learning rate (1e-2)")
+    fit.add_argument("--weight-decay", type=float, help="AdamW weight decay (0)")
+    fit.add_argument("--seed", type=int, help="held-out part and example order (1)")
+    fit.add_argument("--hidden", type=int, help="units of one ReLU hidden layer (0: a linear probe, the default)")
+    t = tasks.add_parser("phone", parents=[shared, fit], help="phone class per 10 ms frame")
+    t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt")
+    t.add_argument("--phones", help="phone inventory (phones.txt); fixes the number of classes")
+    t = tasks.add_parser("speaker", parents=[shared, fit], help="speaker per utterance (mean-pooled) or per window")
+    t.add_argument("--window-frames", type=int, default=0,
+                   help="frames per example (default 0: whole utterances; CPC_audio uses 128)")
+    t.add_argument("--pool", choices=["mean", "last"], default="mean", help="pool a window by its mean or last frame")
+    p.set_defaults(func=cmd_probe)
+    return tasks
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from audiossl.probes.report import (DEFAULT_SETTINGS, format_report, phone_probe, probe_features, speaker_probe,
+                                        write_outputs)
+
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "hidden")
+             if getattr(args, k) is not None}
+    try:
+        settings = dataclasses.replace(DEFAULT_SETTINGS[args.task], **given)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if (args.ckpt or args.baseline) and not args.data:
+        raise ConfigError("--data (a corpus folder or manifest) is required with --ckpt and --baseline")
+    # A hand-made feature probed as the main source is its own floor.
+    baselines = args.baselines if args.baselines is not None else [] if args.baseline else ["mfcc", "logmel"]
+    device = device_from(args.device)
+    print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
+          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+    with probe_features(args.out, args.features, args.ckpt, args.baseline, layers_from(args), args.data,
+                        [s for s in (args.train_split, args.test_split) if s], device, args.num_workers,
+                        not args.no_progress) as (features_dir, layers):
+        common = {"layers": layers, "baselines": baselines, "data": args.data if args.features else None,
+                  "train_split": args.train_split, "test_split": args.test_split, "settings": settings,
+                  "device": device, "num_workers": args.num_workers, "progress": not args.no_progress}
+        if args.task == "phone":
+            report = phone_probe(features_dir, args.alignments, phones=args.phones, **common)
+        else:
+            report = speaker_probe(features_dir, window_frames=args.window_frames, pool=args.pool, **common)
+    return show(report, format_report(report), args.out, write_outputs, curves=True)

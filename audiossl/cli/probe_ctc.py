@@ -1,0 +1,84 @@
+"""``audiossl probe ctc-phone`` and ``ctc-subword``: CTC recognition on frozen features."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+
+from audiossl.cli.options import device_from, layers_from
+from audiossl.cli.probe import floors, probe_options, show
+from audiossl.config import ConfigError
+
+
+def add_parser(tasks: argparse._SubParsersAction) -> None:
+    from audiossl.probes.ctc import DEFAULT_LR, CTCSettings
+
+    shared = probe_options(source_required=True)
+    ctc_defaults = CTCSettings()  # the CTC options' defaults are the settings' own
+    ctc = argparse.ArgumentParser(add_help=False)
+    ctc.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
+    ctc.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
+                     "every fifth utterance of each speaker is held out")
+    ctc.add_argument("--head", choices=["linear", "bilstm"], default=ctc_defaults.head,
+                     help="CTC head on the frozen features")
+    ctc.add_argument("--hidden", type=int, default=ctc_defaults.hidden, help="BiLSTM units per direction")
+    ctc.add_argument("--lstm-layers", type=int, default=ctc_defaults.lstm_layers, help="BiLSTM layers")
+    ctc.add_argument("--epochs", type=int, default=ctc_defaults.epochs, help="most passes over the training utterances")
+    ctc.add_argument("--patience", type=int, default=ctc_defaults.patience,
+                     help="stop after this many epochs without a lower held-out CTC loss (0: never)")
+    ctc.add_argument("--heldout-fraction", type=float, default=ctc_defaults.heldout_fraction,
+                     help="of the training utterances, held out to choose the epoch")
+    ctc.add_argument("--batch-size", type=int, default=ctc_defaults.batch_size, help="utterances per step")
+    ctc.add_argument("--lr", type=float, help="AdamW peak learning rate (default: "
+                     + ", ".join(f"{head} {lr:g}" for head, lr in DEFAULT_LR.items()) + ")")
+    ctc.add_argument("--weight-decay", type=float, default=ctc_defaults.weight_decay, help="AdamW weight decay")
+    ctc.add_argument("--seed", type=int, default=ctc_defaults.seed,
+                     help="held-out part, initialization and utterance order")
+    t = tasks.add_parser("ctc-phone", parents=[shared, ctc], help="CTC phone recognition; phone error rate")
+    t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt (collapsed to phone sequences)")
+    t.add_argument("--phones", help="phone inventory (phones.txt); number of classes and the silence class SIL")
+    t.add_argument("--keep-silence", action="store_true", help="keep silence as a unit instead of dropping it")
+    t.set_defaults(func=cmd_probe_ctc)
+    t = tasks.add_parser("ctc-subword", parents=[shared, ctc],
+                         help="CTC recognition of sentencepiece pieces; character and word error rates")
+    t.add_argument("--transcripts", action="append", metavar="PATH",
+                   help="transcript file or folder of *.trans.txt (repeatable; default: those beside the audio)")
+    t.add_argument("--vocab-size", type=int, default=100, help="most sentencepiece pieces")
+    t.add_argument("--sp-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece model type")
+    t.add_argument("--units", help="sentencepiece model file, trained if absent (default: OUT/units.model)")
+    t.set_defaults(func=cmd_probe_ctc)
+
+
+def cmd_probe_ctc(args: argparse.Namespace) -> int:
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from audiossl.probes.ctc import CTCSettings, ctc_phone_probe, ctc_subword_probe, format_ctc_report
+    from audiossl.probes.report import probe_features, write_outputs
+
+    try:
+        settings = CTCSettings(args.head, args.hidden, args.lstm_layers, args.epochs, args.batch_size, args.lr,
+                               args.weight_decay, args.patience, args.heldout_fraction, args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    baselines, device = floors(args), device_from(args.device)
+    print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
+          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+    with contextlib.ExitStack() as stack:
+        features_dir, layers = stack.enter_context(probe_features(
+            args.out, args.features, args.ckpt, args.baseline, layers_from(args), args.data,
+            [s for s in (args.train_split, args.test_split) if s], device, args.num_workers, not args.no_progress))
+        common = {"baselines": baselines, "data": args.data if args.features else None,
+                  "train_split": args.train_split, "test_split": args.test_split, "settings": settings,
+                  "device": device, "num_workers": args.num_workers, "progress": not args.no_progress}
+        if args.task == "ctc-phone":
+            report = ctc_phone_probe(features_dir, args.alignments, layers, phones=args.phones,
+                                     keep_silence=args.keep_silence, **common)
+        else:
+            # The units live beside the results and are reused by the next run; without --out, for this run only.
+            units = args.units or Path(args.out or stack.enter_context(tempfile.TemporaryDirectory())) / "units.model"
+            report = ctc_subword_probe(features_dir, units, layers, vocab_size=args.vocab_size,
+                                       sp_type=args.sp_type, transcripts=args.transcripts or (), **common)
+    return show(report, format_ctc_report(report), args.out, write_outputs, curves=True)

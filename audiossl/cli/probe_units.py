@@ -1,0 +1,51 @@
+"""``audiossl probe units``: discrete units against phone labels, beside k-means on the floors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from audiossl.cli.options import device_from, name_list
+from audiossl.cli.probe import show
+from audiossl.config import ConfigError
+
+
+def add_parser(tasks: argparse._SubParsersAction) -> None:
+    t = tasks.add_parser("units", help="discrete units against phone labels: purity, PNMI and ABX of one-hot units, "
+                         "beside k-means on the floors")
+    t.add_argument("--units", required=True, help="an audiossl units fit folder")
+    t.add_argument("--features", required=True, help="the audiossl extract folder holding the units' layer")
+    t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt")
+    t.add_argument("--phones", help="phone inventory (phones.txt): number of classes and the silence class SIL")
+    t.add_argument("--split", help="utterance ids to score (CPC's test_split.txt; default: all)")
+    t.add_argument("--data", help="corpus folder or manifest of the floors' audio (default: the features' audio)")
+    t.add_argument("--baselines", type=name_list, default=None,
+                   help="hand-made floors clustered with the same settings (default: mfcc,logmel; 'none' for none)")
+    t.add_argument("--context", choices=["triphone", "none"], default="triphone", help="ABX context rule")
+    t.add_argument("--max-triples-per-item", type=int, default=20, help="ABX (A, B) pairs per X item (0: all)")
+    t.add_argument("--seed", type=int, default=1, help="ABX triple sampling")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for the floors")
+    t.add_argument("--out", help="output folder: metrics.json, report.txt and the floors' k-means (kmeans_<floor>)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_probe_units)
+
+
+def cmd_probe_units(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from audiossl.probes.abx import ABXSettings
+    from audiossl.probes.discrete import format_units_report, units_probe
+    from audiossl.probes.report import write_table_and_metrics
+
+    try:
+        abx = ABXSettings(args.context, "angular", args.max_triples_per_item, 0, args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    baselines = args.baselines if args.baselines is not None else ["mfcc", "logmel"]
+    print(f"# units probe of {args.units} on {args.features}: floors {', '.join(baselines) or 'none'}; "
+          f"abx {json.dumps(dataclasses.asdict(abx))}")
+    report = units_probe(args.units, args.features, args.alignments, split=args.split, phones=args.phones,
+                         baselines=baselines, data=args.data, abx=abx, out=args.out, device=device_from(args.device),
+                         num_workers=args.num_workers, progress=not args.no_progress)
+    return show(report, format_units_report(report), args.out, write_table_and_metrics)
