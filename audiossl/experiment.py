@@ -31,13 +31,11 @@ from audiossl.audio import read_audio
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.data.corpus import Utterance, load_corpus, read_manifest
 from audiossl.extract import FeatureError, FeatureSet
-from audiossl.probes.abx import CONDITIONS as ABX_CONDITIONS  # abx rows: {condition: error rate or None}
 
 __all__ = ["Labels", "LayerFeatures", "ProbeScore", "find_feature_folder", "find_labels", "find_training_folder",
            "load_utterances", "per_step_curves", "read_probe_scores", "read_scalars", "read_train_log"]
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), both (points,)
-# metrics.json keys a probe may use, in order of preference: (key, metric, lower is better).
 # Flat metrics.json keys (one score per file), in order of preference: (key, metric, lower is better).
 METRIC_KEYS = (("accuracy", "accuracy", False), ("per", "PER", True),
                ("abx_error", "ABX error", True), ("error_rate", "error", True), ("error", "error", True))
@@ -96,22 +94,16 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _row_metrics(row: dict, error_rates: Sequence[str]) -> list[tuple[str, float, bool]]:
-    """``(metric, value, lower is better)`` of one result row of an ``audiossl probe`` report."""
-    found = [("accuracy", float(row["accuracy"]), False)] if _number(row.get("accuracy")) else []
-    found += [(name.upper(), float(row[name]), True) for name in error_rates if _number(row.get(name))]
-    found += [(f"{c}-speaker error", float(row[c]), True) for c in ABX_CONDITIONS if _number(row.get(c))]
-    return found
-
-
 def _scores_in(kind: str, source: str, metrics: dict) -> list[ProbeScore]:
     """The scores of one metrics.json.
 
-    An ``audiossl probe`` report has a row per feature set (``results``): the
-    probed layers and the floors extracted beside them; a row's source is its
-    baseline's name, else ``model`` (``model:<layer>`` when several layers
-    were probed). Any other file gives one score from the first known flat
-    key (``METRIC_KEYS``), its source from the folder name.
+    An ``audiossl probe`` report (:mod:`audiossl.probes.runner`) names its
+    figures (``scores``: key, label, lower is better) and has a row per
+    feature set (``results``): the probed layers and the floors extracted
+    beside them; a row's source is its baseline's name, else ``model``
+    (``model:<layer>`` when several layers were probed). Any other file gives
+    one score from the first known flat key (``METRIC_KEYS``), its source from
+    the folder name.
     """
     if not isinstance(metrics.get("results"), list):
         for key, metric, lower in METRIC_KEYS:
@@ -119,6 +111,7 @@ def _scores_in(kind: str, source: str, metrics: dict) -> list[ProbeScore]:
                 chance = metrics.get("chance")
                 return [ProbeScore(kind, metric, source, float(metrics[key]), lower, chance)]
         return []
+    figures = [f for f in metrics.get("scores") or () if isinstance(f, dict) and {"key", "label"} <= set(f)]
     rows = [row for row in metrics["results"] if isinstance(row, dict)]
     layers = [row for row in rows if row.get("role") != "baseline"]
     task = metrics.get("task", kind)
@@ -129,8 +122,11 @@ def _scores_in(kind: str, source: str, metrics: dict) -> list[ProbeScore]:
         name = row.get("features") if row.get("role") == "baseline" else None
         name = name or ("model" if len(layers) == 1 else f"model:{row.get('features')}")
         chance = row.get("chance", metrics.get("chance"))
-        scores += [ProbeScore(task, metric, name, value, lower, None if lower else chance)
-                   for metric, value, lower in _row_metrics(row, metrics.get("metrics", ("per", "cer", "wer")))]
+        for figure in figures:
+            lower = bool(figure.get("lower_is_better"))
+            if _number(row.get(figure["key"])):
+                scores.append(ProbeScore(task, figure["label"], name, float(row[figure["key"]]), lower,
+                                         None if lower else chance))
     return scores
 
 

@@ -49,15 +49,18 @@ def write_probe_metrics(exp: Path) -> None:
                  "chance": 0.2, **extra(v)}
                 for name, v in values.items()]
 
+    accuracy = [{"key": "accuracy", "label": "accuracy", "lower_is_better": False}]
     files = {
-        "probe_phone_model": {"task": "phone", "results": rows(
+        "probe_phone_model": {"task": "phone", "scores": accuracy, "results": rows(
             {"context": 0.45, "mfcc": 0.38, "logmel": 0.33}, extra=lambda v: {"accuracy": v})},
-        "probe_speaker_model": {"task": "speaker", "results": rows(
+        "probe_speaker_model": {"task": "speaker", "scores": accuracy, "results": rows(
             {"context": 0.9, "mfcc": 0.6, "logmel": 0.7}, extra=lambda v: {"accuracy": v})},
-        "probe_ctc-phone_model": {"task": "ctc-phone", "metrics": ["per"], "results": rows(
+        "probe_ctc-phone_model": {"task": "ctc-phone", "scores": [{"key": "per", "label": "PER",
+                                                                   "lower_is_better": True}], "results": rows(
             {"context": 0.7, "mfcc": 0.8}, extra=lambda v: {"per": v})},
-        "probe_abx_model": {"task": "abx", "results": rows(  # rows as audiossl probe abx writes them
-            {"context": 0.2, "mfcc": 0.25}, extra=lambda v: {"within": v, "across": None})},
+        "probe_abx_model": {"task": "abx", "scores": [  # rows as audiossl probe abx writes them
+            {"key": c, "label": f"{c}-speaker error", "lower_is_better": True} for c in ("within", "across")],
+            "results": rows({"context": 0.2, "mfcc": 0.25}, extra=lambda v: {"within": v, "across": None})},
         "probe_speaker_extra": {"accuracy": 0.5, "chance": 0.34},
     }
     for name, metrics in files.items():

@@ -45,11 +45,14 @@ def floors(args: argparse.Namespace) -> list[str]:
     return args.baselines if args.baselines is not None else [] if args.baseline else ["mfcc", "logmel"]
 
 
-def show(report: dict, table: str, out: str | None, write, curves: bool = False) -> int:
+def show(report: dict, table: str, out: str | None) -> int:
     """Print a probe's table and, with ``--out``, write its outputs and say where they are."""
+    from audiossl.probes.runner import write_outputs
+
     print(table)
     if out:
-        write(report, table, out)
+        write_outputs(report, table, out)
+        curves = any("history" in row for row in report["results"])
         print(f"metrics: {out}/metrics.json; table: {out}/report.txt" + (f"; curves: {out}/tb" if curves else ""))
     return 0
 
@@ -87,8 +90,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
 def cmd_probe(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from audiossl.probes.report import (DEFAULT_SETTINGS, format_report, phone_probe, probe_features, speaker_probe,
-                                        write_outputs)
+    from audiossl.probes.classify import DEFAULT_SETTINGS, format_report, phone_probe, speaker_probe
+    from audiossl.probes.runner import probe_features
 
     given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "hidden")
              if getattr(args, k) is not None}
@@ -113,4 +116,4 @@ def cmd_probe(args: argparse.Namespace) -> int:
             report = phone_probe(features_dir, args.alignments, phones=args.phones, **common)
         else:
             report = speaker_probe(features_dir, window_frames=args.window_frames, pool=args.pool, **common)
-    return show(report, format_report(report), args.out, write_outputs, curves=True)
+    return show(report, format_report(report), args.out)

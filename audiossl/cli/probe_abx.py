@@ -44,7 +44,7 @@ def cmd_probe_abx(args: argparse.Namespace) -> int:
     import dataclasses
 
     from audiossl.probes.abx import ABXSettings, abx_probe, format_abx_report
-    from audiossl.probes.report import probe_features, write_table_and_metrics
+    from audiossl.probes.runner import probe_features
 
     if args.write_items:
         return cmd_write_items(args)
@@ -71,7 +71,7 @@ def cmd_probe_abx(args: argparse.Namespace) -> int:
                            data=args.data if args.features else None, split=args.split, phones=args.phones,
                            settings=settings, device=device, num_workers=args.num_workers,
                            progress=not args.no_progress)
-    return show(report, format_abx_report(report), args.out, write_table_and_metrics)
+    return show(report, format_abx_report(report), args.out)
 
 
 def cmd_write_items(args: argparse.Namespace) -> int:
@@ -109,7 +109,7 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
 
     from audiossl.probes.abx_groups import ItemABXSettings, format_item_report, item_file_probe
     from audiossl.probes.abx_items import ItemFileError, read_item_file
-    from audiossl.probes.report import probe_features, write_table_and_metrics
+    from audiossl.probes.runner import probe_features
 
     if args.alignments or args.split:
         raise ConfigError("--item-file names the items: no --alignments or --split")
@@ -142,4 +142,4 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
         report = item_file_probe(features_dir, args.item_file, layers, baselines,
                                  data=args.data if args.features else None, settings=settings, device=device,
                                  num_workers=args.num_workers, progress=not args.no_progress)
-    return show(report, format_item_report(report), args.out, write_table_and_metrics)
+    return show(report, format_item_report(report), args.out)

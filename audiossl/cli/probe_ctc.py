@@ -56,7 +56,7 @@ def cmd_probe_ctc(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from audiossl.probes.ctc import CTCSettings, ctc_phone_probe, ctc_subword_probe, format_ctc_report
-    from audiossl.probes.report import probe_features, write_outputs
+    from audiossl.probes.runner import probe_features
 
     try:
         settings = CTCSettings(args.head, args.hidden, args.lstm_layers, args.epochs, args.batch_size, args.lr,
@@ -81,4 +81,4 @@ def cmd_probe_ctc(args: argparse.Namespace) -> int:
             units = args.units or Path(args.out or stack.enter_context(tempfile.TemporaryDirectory())) / "units.model"
             report = ctc_subword_probe(features_dir, units, layers, vocab_size=args.vocab_size,
                                        sp_type=args.sp_type, transcripts=args.transcripts or (), **common)
-    return show(report, format_ctc_report(report), args.out, write_outputs, curves=True)
+    return show(report, format_ctc_report(report), args.out)

@@ -36,7 +36,6 @@ def cmd_probe_units(args: argparse.Namespace) -> int:
 
     from audiossl.probes.abx import ABXSettings
     from audiossl.probes.discrete import format_units_report, units_probe
-    from audiossl.probes.report import write_table_and_metrics
 
     try:
         abx = ABXSettings(args.context, "angular", args.max_triples_per_item, 0, args.seed)
@@ -48,4 +47,4 @@ def cmd_probe_units(args: argparse.Namespace) -> int:
     report = units_probe(args.units, args.features, args.alignments, split=args.split, phones=args.phones,
                          baselines=baselines, data=args.data, abx=abx, out=args.out, device=device_from(args.device),
                          num_workers=args.num_workers, progress=not args.no_progress)
-    return show(report, format_units_report(report), args.out, write_table_and_metrics)
+    return show(report, format_units_report(report), args.out)

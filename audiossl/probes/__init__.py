@@ -1,17 +1,22 @@
-"""Linear phone and speaker probes on frozen features, with hand-made baselines.
+"""Probes on frozen features, each beside the hand-made floors.
 
 - :mod:`~audiossl.probes.baselines`: MFCC and log-mel as models, the floor.
 - :mod:`~audiossl.probes.linear`: the linear classifier and its training.
 - :mod:`~audiossl.probes.tasks`: phone examples per frame, speaker examples per utterance or window.
-- :mod:`~audiossl.probes.report`: a probe run over layers and baselines, its table and its
-  output folder (``metrics.json``, ``report.txt``, TensorBoard curves).
+- :mod:`~audiossl.probes.runner`: what every probe shares: the feature sets and the floors
+  beside them, the splits, one result row per feature set, the report format and its output
+  folder (``metrics.json``, ``report.txt``, TensorBoard curves).
+- :mod:`~audiossl.probes.classify`: the linear phone and speaker probes over layers and floors.
+- :mod:`~audiossl.probes.abx`, :mod:`~audiossl.probes.abx_groups`: ABX on phone labels and on
+  item files; :mod:`~audiossl.probes.ctc`: CTC phone and subword recognition.
 - :mod:`~audiossl.probes.discrete`: phone purity, cluster purity, PNMI and one-hot ABX of
   k-means units (:mod:`audiossl.discrete`), beside k-means on the floors.
 """
 
 from audiossl.probes.baselines import BASELINES, build_baseline
 from audiossl.probes.linear import ProbeResult, ProbeSettings, train_linear_probe
-from audiossl.probes.report import format_report, phone_probe, probe_features, speaker_probe, write_outputs
+from audiossl.probes.classify import format_report, phone_probe, speaker_probe
+from audiossl.probes.runner import probe_features, write_outputs
 from audiossl.probes.tasks import ProbeError
 
 __all__ = [

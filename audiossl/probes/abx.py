@@ -40,7 +40,6 @@ within speakers and across speakers; this module follows them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,10 +47,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
+from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.probes.baselines import BASELINES
-from audiossl.probes.report import _audio, _listing, _open_layers, _read, _with_baselines
-from audiossl.probes.tasks import LABEL_RATE, ProbeError
+from audiossl.features import FeatureSet
+from audiossl.probes.runner import (Score, check_label_rate, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
+                                    open_layers, score_sets, scores, with_floors)
 from audiossl.probes.units import silence_class
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
 CONDITIONS = ("within", "across")
 CONTEXTS = ("triphone", "none")
 DISTANCES = ("angular", "cosine")
+SCORES = scores(Score("within", "within-speaker error", True), Score("across", "across-speaker error", True))
 BATCH_ELEMENTS = 1 << 24  # floats per DTW batch, summed over its tensors
 
 
@@ -469,45 +470,30 @@ def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence
     """
     settings = settings or ABXSettings()
     device = torch.device(device)
-    layer_sets = _open_layers(Path(features_dir), layers)
-    num_classes = len(_read(load_phone_inventory, phones)) if phones is not None else None
-    labels = _read(load_alignments, alignments, num_classes)
+    layer_sets = open_layers(features_dir, layers)
+    num_classes = len(checked(load_phone_inventory, phones)) if phones is not None else None
+    labels = checked(load_alignments, alignments, num_classes)
     silence = silence_class(phones)
     reference = layer_sets[0]
-    listed = _read(load_split, split) if split is not None else list(reference.num_frames)
+    listed = checked(load_split, split) if split is not None else list(reference.num_frames)
     unlabelled = [u for u in listed if u not in labels]
-    sets = _with_baselines(layer_sets, baselines, [u for u in listed if u in labels], device, num_workers, progress,
-                           _audio(data, [u for u in listed if u in labels], progress))
-    for features in sets:
-        if abs(features.frame_rate - LABEL_RATE) > 1e-6:
-            raise ProbeError(f"{features.folder}: features at {features.frame_rate:g} frames/s; ABX items are "
-                             f"cut from phone labels at {LABEL_RATE:g} per second")
-    unextracted = [u for u in listed if u in labels and any(u not in fs.num_frames for fs in sets)]
-    ids = [u for u in listed if u in labels and u not in set(unextracted)]
-    if not ids:
-        raise ProbeError(f"no utterance of {split or reference.folder} has both labels in {alignments} and "
-                         f"features in every feature set")
+    labelled = [u for u in listed if u in labels]
+    sets = with_floors(layer_sets, baselines, labelled, device, num_workers, progress,
+                       corpus_audio(data, labelled, progress))
+    check_label_rate(sets, "ABX items are cut from phone labels")
     # One item set for every feature set: labels cut to the shortest features.
-    try:
-        cut = {u: min(len(labels_for_frames(labels[u], fs.num_frames[u], u)) for fs in sets) for u in ids}
-    except ValueError as e:
-        raise ProbeError(str(e)) from None
-    utt_labels = {u: labels[u][: cut[u]] for u in ids}
+    ids, unextracted, utt_labels = labelled_in_every_set(sets, labels, listed, split or reference.folder, alignments)
     speakers = {u: reference.speakers[u] for u in ids}
-    rows = []
-    for features in sets:
-        began = time.perf_counter()
-        feats = {u: features.load(u) for u in ids}
-        score = abx_score(feats, utt_labels, speakers, settings, silence, device)
-        role = "baseline" if "baseline" in features.meta["source"] else "model"
-        rows.append({"features": features.name, "role": role,
-                     "within": score["within"]["error"], "across": score["across"]["error"], "dim": features.dim,
-                     "num_items": score["num_items"], "conditions": {c: score[c] for c in CONDITIONS},
-                     "seconds": round(time.perf_counter() - began, 2), "source": features.meta["source"]})
-    return {"task": "abx", "utterances": len(ids), "speakers": len(set(speakers.values())), "silence": silence,
-            "settings": asdict(settings), "dropped": {"alignments": _listing(unlabelled),
-                                                       "features": _listing(unextracted)},
-            "results": rows}
+
+    def score(features: FeatureSet) -> dict:
+        found = abx_score({u: features.load(u) for u in ids}, utt_labels, speakers, settings, silence, device)
+        return {"within": found["within"]["error"], "across": found["across"]["error"],
+                "num_items": found["num_items"], "conditions": {c: found[c] for c in CONDITIONS}}
+
+    return {"task": "abx", "scores": SCORES, "utterances": len(ids), "speakers": len(set(speakers.values())),
+            "silence": silence, "settings": asdict(settings),
+            "dropped": {"alignments": listing(unlabelled), "features": listing(unextracted)},
+            "results": score_sets(sets, score)}
 
 
 def format_abx_report(report: dict) -> str:
@@ -527,8 +513,5 @@ def format_abx_report(report: dict) -> str:
     if any(row[c] is None for row in report["results"] for c in CONDITIONS):
         lines.append("n/a: no triple for that condition; the corpus is too small for this context rule "
                      "(context none drops it)")
-    for why, listing in report["dropped"].items():
-        if listing["count"]:
-            lines.append(f"dropped: {listing['count']} utterance(s) without {why}, e.g. {', '.join(listing['ids'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + dropped_lines(report["dropped"]))
 

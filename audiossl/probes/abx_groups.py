@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,10 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiossl.features import FeatureSet
 from audiossl.probes.abx import Items, average_cells, pair_distances
 from audiossl.probes.abx_items import ItemFile, ItemFileError, frame_spans, number, read_item_file
 from audiossl.probes.baselines import BASELINES
-from audiossl.probes.report import feature_sets_with_floors
+from audiossl.probes.runner import Score, feature_sets_with_floors, listing, score_sets, scores
 from audiossl.probes.tasks import ProbeError
 
 __all__ = [
@@ -355,21 +355,19 @@ def item_file_probe(features_dir: str | Path, item_file: str | Path, layers: Seq
     files = list(dict.fromkeys(items.file))
     sets = feature_sets_with_floors(features_dir, layers, baselines, files, data, torch.device(device),
                                     num_workers, progress)
-    rows = []
-    for features in sets:
-        began = time.perf_counter()
-        score = item_file_score(items, features.load, features.num_frames, features.frame_rate, settings, device)
-        role = "baseline" if "baseline" in features.meta["source"] else "model"
-        if not score["num_items"]:
+
+    def score(features: FeatureSet) -> dict:
+        found = item_file_score(items, features.load, features.num_frames, features.frame_rate, settings, device)
+        if not found["num_items"]:
             raise ProbeError(f"{features.folder}: no item of {item_file} has features ({len(files)} files named, "
                              f"e.g. {', '.join(files[:3])})")
-        missing = score.pop("missing_files")
-        rows.append({"features": features.name, "role": role, "dim": features.dim, **score,
-                     "missing_files": {"count": len(missing), "ids": missing[:5]},
-                     "seconds": round(time.perf_counter() - began, 2), "source": features.meta["source"]})
-    return {"task": "abx", "item_file": str(item_file), "items": len(items), "files": len(files),
+        errors = {condition: found["conditions"][condition]["error"] for condition in settings.conditions}
+        return {**errors, **found, "missing_files": listing(found["missing_files"])}
+
+    return {"task": "abx", "scores": scores(*(Score(c, f"{c} error", True) for c in settings.conditions)),
+            "item_file": str(item_file), "items": len(items), "files": len(files),
             "speakers": len(items.speakers), "phones": len(items.phones), "settings": asdict(settings),
-            "results": rows}
+            "results": score_sets(sets, score)}
 
 
 def format_item_report(report: dict) -> str:

@@ -33,7 +33,6 @@ feature frames are left out of training and test and counted.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,7 +47,8 @@ from audiossl.data.alignments import load_alignments, load_phone_inventory
 from audiossl.features import FeatureSet
 from audiossl.probes.baselines import BASELINES
 from audiossl.probes.linear import feature_statistics
-from audiossl.probes.report import _audio, _listing, _open_layers, _read, _split, _with_baselines
+from audiossl.probes.runner import (Score, checked, corpus_audio, listing, open_layers, resolve_split, score_sets,
+                                    scores, with_floors)
 from audiossl.probes.tasks import ProbeError, heldout_split
 from audiossl.probes.units import (load_transcripts, normalize_text, phone_sequence, silence_class, train_units,
                                    transcripts_for)
@@ -344,9 +344,8 @@ def _run(task: str, sets: list[FeatureSet], train_ids: list[str], test_ids: list
          settings: CTCSettings, device: torch.device, progress: bool) -> dict:
     """Train and test a head on every feature set; report rows and the utterance counts."""
     fit_ids, heldout_ids = heldout_split(train_ids, settings.heldout_fraction, settings.seed)
-    rows = []
-    for features in sets:
-        began = time.perf_counter()
+
+    def train_and_test(features: FeatureSet) -> dict:
         parts, missing, short = {}, [], []
         for what, ids in (("training", fit_ids), ("held-out", heldout_ids), ("test", test_ids)):
             missing += [u for u in ids if u not in features.num_frames]
@@ -363,17 +362,15 @@ def _run(task: str, sets: list[FeatureSet], train_ids: list[str], test_ids: list
                                  [targets[u] for u in parts["held-out"]])
         hyps, test_loss = transcribe(trained.head, trained.mean, trained.std, load["test"],
                                      [targets[u] for u in parts["test"]])
-        role = "baseline" if "baseline" in features.meta["source"] else "model"
-        rows.append({"features": features.name, "role": role,
-                     **score(parts["test"], hyps), "dim": features.dim,
-                     "train_utterances": len(parts["training"]), "heldout_utterances": len(parts["held-out"]),
-                     "test_utterances": len(parts["test"]), "epochs": trained.epochs, "best_epoch": trained.best_epoch,
-                     "missing": {"features": _listing(missing), "too_short": _listing(short)},
-                     "train_loss": trained.history["train_loss"][trained.best_epoch - 1], "test_loss": test_loss,
-                     "seconds": round(time.perf_counter() - began, 2), "source": features.meta["source"],
-                     "history": trained.history})
+        return {**score(parts["test"], hyps),
+                "train_utterances": len(parts["training"]), "heldout_utterances": len(parts["held-out"]),
+                "test_utterances": len(parts["test"]), "epochs": trained.epochs, "best_epoch": trained.best_epoch,
+                "missing": {"features": listing(missing), "too_short": listing(short)},
+                "train_loss": trained.history["train_loss"][trained.best_epoch - 1], "test_loss": test_loss,
+                "history": trained.history}
+
     return {"task": task, "train_utterances": len(train_ids), "heldout_utterances": len(heldout_ids),
-            "test_utterances": len(test_ids), "settings": asdict(settings), "results": rows}
+            "test_utterances": len(test_ids), "settings": asdict(settings), "results": score_sets(sets, train_and_test)}
 
 
 def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",),
@@ -404,26 +401,26 @@ def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Se
         The report (see :func:`format_ctc_report`), a JSON-ready dict.
     """
     settings, device = settings or CTCSettings(), torch.device(device)
-    layer_sets = _open_layers(Path(features_dir), layers)
-    num_phones = len(_read(load_phone_inventory, phones)) if phones is not None else None
-    labels = _read(load_alignments, alignments, num_phones)
+    layer_sets = open_layers(features_dir, layers)
+    num_phones = len(checked(load_phone_inventory, phones)) if phones is not None else None
+    labels = checked(load_alignments, alignments, num_phones)
     if not labels:
         raise ProbeError(f"{alignments}: no alignments")
     num_phones = num_phones or 1 + max(int(l.max()) for l in labels.values())
     silence = None if keep_silence else silence_class(phones)
-    train_ids, test_ids = _split(layer_sets[0], train_split, test_split, usable=labels)
+    train_ids, test_ids = resolve_split(layer_sets[0], train_split, test_split, usable=labels)
     unlabelled = [u for u in train_ids + test_ids if u not in labels]
     train_ids, test_ids = [u for u in train_ids if u in labels], [u for u in test_ids if u in labels]
     targets = {u: phone_sequence(labels[u], silence) + 1 for u in train_ids + test_ids}
-    sets = _with_baselines(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
-                           _audio(data, train_ids + test_ids, progress))
+    sets = with_floors(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
+                       corpus_audio(data, train_ids + test_ids, progress))
 
     def score(ids: list[str], hyps: list[np.ndarray]) -> dict:
         return {"per": error_rate([(targets[u], h) for u, h in zip(ids, hyps)])}
 
     report = _run("ctc-phone", sets, train_ids, test_ids, targets, num_phones + 1, score, settings, device, progress)
-    return {**report, "metrics": ["per"], "unit": "phone", "num_units": num_phones - (silence is not None),
-            "silence": silence, "unlabelled": _listing(unlabelled)}
+    return {**report, "scores": scores(Score("per", "PER", True)), "metrics": ["per"], "unit": "phone", "num_units": num_phones - (silence is not None),
+            "silence": silence, "unlabelled": listing(unlabelled)}
 
 
 def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: Sequence[str] = ("context",),
@@ -456,18 +453,18 @@ def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: 
         The report (see :func:`format_ctc_report`), a JSON-ready dict.
     """
     settings, device = settings or CTCSettings(), torch.device(device)
-    layer_sets = _open_layers(Path(features_dir), layers)
+    layer_sets = open_layers(features_dir, layers)
     reference = layer_sets[0]
     texts = load_transcripts(transcripts) if transcripts else transcripts_for(reference.utterances)
     if not texts:
         raise ProbeError(f"no transcripts found for the utterances of {reference.folder}; give their files")
-    train_ids, test_ids = _split(reference, train_split, test_split, usable=texts)
+    train_ids, test_ids = resolve_split(reference, train_split, test_split, usable=texts)
     untranscribed = [u for u in train_ids + test_ids if u not in texts]
     train_ids, test_ids = [u for u in train_ids if u in texts], [u for u in test_ids if u in texts]
     units = train_units([texts[u] for u in train_ids], units_path, vocab_size, sp_type)
     targets = {u: np.array(units.encode(texts[u]), dtype=np.int64) + 1 for u in train_ids + test_ids}
-    sets = _with_baselines(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
-                           _audio(data, train_ids + test_ids, progress))
+    sets = with_floors(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
+                       corpus_audio(data, train_ids + test_ids, progress))
 
     def score(ids: list[str], hyps: list[np.ndarray]) -> dict:
         decoded = [normalize_text(units.decode(h - 1)) for h in hyps]
@@ -477,8 +474,9 @@ def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: 
 
     report = _run("ctc-subword", sets, train_ids, test_ids, targets, units.size + 1, score, settings, device,
                   progress)
-    return {**report, "metrics": ["cer", "wer"], "unit": f"{sp_type} piece", "num_units": units.size,
-            "units": str(units_path), "untranscribed": _listing(untranscribed)}
+    return {**report, "scores": scores(Score("cer", "CER", True), Score("wer", "WER", True)),
+            "metrics": ["cer", "wer"], "unit": f"{sp_type} piece", "num_units": units.size,
+            "units": str(units_path), "untranscribed": listing(untranscribed)}
 
 
 def format_ctc_report(report: dict) -> str:
@@ -499,12 +497,12 @@ def format_ctc_report(report: dict) -> str:
     lines.append("losses: CTC per target unit; epoch: the one kept (lowest held-out loss) / epochs run")
     for key in ("unlabelled", "untranscribed"):
         if report.get(key, {}).get("count"):
-            listing = report[key]
-            lines.append(f"dropped: {listing['count']} {key} split utterance(s), e.g. {', '.join(listing['ids'])}")
+            ids = report[key]
+            lines.append(f"dropped: {ids['count']} {key} split utterance(s), e.g. {', '.join(ids['ids'])}")
     for row in report["results"]:
-        for why, listing in row["missing"].items():
-            if listing["count"]:
-                lines.append(f"dropped from {row['features']}: {listing['count']} utterance(s) "
+        for why, ids in row["missing"].items():
+            if ids["count"]:
+                lines.append(f"dropped from {row['features']}: {ids['count']} utterance(s) "
                              f"{'without features' if why == 'features' else 'too short for their units'}, "
-                             f"e.g. {', '.join(listing['ids'])}")
+                             f"e.g. {', '.join(ids['ids'])}")
     return "\n".join(lines)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -40,17 +39,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
+from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.discrete import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
 from audiossl.extract import FeatureSet
 from audiossl.kmeans import KMeansSettings
 from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score
 from audiossl.probes.baselines import BASELINES
-from audiossl.probes.report import _audio, _listing, _read, _with_baselines
-from audiossl.probes.tasks import LABEL_RATE, ProbeError
+from audiossl.probes.runner import (Score, check_label_rate, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
+                                    score_sets, scores, with_floors)
+from audiossl.probes.tasks import ProbeError
 from audiossl.probes.units import silence_class
 
 __all__ = ["contingency", "format_units_report", "pnmi", "unit_quality", "units_probe"]
+
+SCORES = scores(Score("pnmi", "PNMI", False), Score("phone_purity", "phone purity", False),
+                Score("cluster_purity", "cluster purity", False),
+                Score("within", "within-speaker error", True), Score("across", "across-speaker error", True))
 
 
 def contingency(units: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], num_phones: int,
@@ -144,39 +148,26 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
     model = UnitModel(units_dir)
     reference = FeatureSet(Path(features_dir) / model.layer)
     check_features(model, reference)
-    num_classes = len(_read(load_phone_inventory, phones)) if phones is not None else None
-    labels = _read(load_alignments, alignments, num_classes)
+    num_classes = len(checked(load_phone_inventory, phones)) if phones is not None else None
+    labels = checked(load_alignments, alignments, num_classes)
     if not labels:
         raise ProbeError(f"{alignments}: no alignments")
     num_classes = num_classes or 1 + max(int(l.max()) for l in labels.values())
     silence = silence_class(phones)
-    listed = _read(load_split, split) if split is not None else list(reference.num_frames)
+    listed = checked(load_split, split) if split is not None else list(reference.num_frames)
     unlabelled = [u for u in listed if u not in labels]
     scored = [u for u in listed if u in labels]
     scored_set = set(scored)
     wanted = scored + [u for u in model.fit_ids if u not in scored_set]
-    sets = _with_baselines([reference], baselines, wanted, device, num_workers, progress,
-                           _audio(data, wanted, progress))
-    for features in sets:
-        if abs(features.frame_rate - LABEL_RATE) > 1e-6:
-            raise ProbeError(f"{features.folder}: features at {features.frame_rate:g} frames/s; the phone labels "
-                             f"are at {LABEL_RATE:g} per second")
-    unextracted = [u for u in scored if any(u not in fs.num_frames for fs in sets)]
-    ids = [u for u in scored if all(u in fs.num_frames for fs in sets)]
-    if not ids:
-        raise ProbeError(f"no utterance of {split or reference.folder} has both labels in {alignments} and "
-                         f"features in every feature set")
-    try:  # one set of frames for every feature set: labels cut to the shortest features
-        cut = {u: min(len(labels_for_frames(labels[u], fs.num_frames[u], u)) for fs in sets) for u in ids}
-    except ValueError as e:
-        raise ProbeError(str(e)) from None
-    utt_labels = {u: labels[u][: cut[u]] for u in ids}
+    sets = with_floors([reference], baselines, wanted, device, num_workers, progress,
+                       corpus_audio(data, wanted, progress))
+    check_label_rate(sets, "the phone labels are")
+    ids, unextracted, utt_labels = labelled_in_every_set(sets, labels, listed, split or reference.folder, alignments)
     speakers = {u: reference.speakers[u] for u in ids}
-    rows = []
     with contextlib.ExitStack() as stack:
         floors = Path(out) if out is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        for features in sets:
-            began = time.perf_counter()
+
+        def score(features: FeatureSet) -> dict:
             if features is reference:
                 units_model, role = model, "model"
             else:
@@ -186,19 +177,20 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
                                            features.name, _fit_settings(model), model.folder / FIT_IDS, device,
                                            progress)
                 role = "baseline"
-            units = {u: units_model.assign(features.load(u), device)[: cut[u]] for u in ids}
+            units = {u: units_model.assign(features.load(u), device)[: len(utt_labels[u])] for u in ids}
             quality = unit_quality(contingency(units, utt_labels, num_classes, units_model.k))
             eye = np.eye(units_model.k, dtype=np.float32)
-            score = abx_score({u: eye[x] for u, x in units.items()}, utt_labels, speakers, abx, silence, device)
-            rows.append({"features": features.name, "role": role, "k": units_model.k, **quality,
-                         "within": score["within"]["error"], "across": score["across"]["error"],
-                         "num_items": score["num_items"], "conditions": {c: score[c] for c in CONDITIONS},
-                         "inertia": units_model.record["fit"]["inertia"], "kmeans": str(units_model.folder),
-                         "seconds": round(time.perf_counter() - began, 2), "source": features.meta["source"]})
-    return {"task": "units", "k": model.k, "units": str(model.folder), "layer": model.layer,
+            found = abx_score({u: eye[x] for u, x in units.items()}, utt_labels, speakers, abx, silence, device)
+            return {"role": role, "k": units_model.k, **quality,
+                    "within": found["within"]["error"], "across": found["across"]["error"],
+                    "num_items": found["num_items"], "conditions": {c: found[c] for c in CONDITIONS},
+                    "inertia": units_model.record["fit"]["inertia"], "kmeans": str(units_model.folder)}
+
+        rows = score_sets(sets, score)
+    return {"task": "units", "scores": SCORES, "k": model.k, "units": str(model.folder), "layer": model.layer,
             "utterances": len(ids), "speakers": len(set(speakers.values())), "num_classes": num_classes,
             "silence": silence, "settings": {"abx": asdict(abx), "kmeans": model.record["settings"]},
-            "dropped": {"alignments": _listing(unlabelled), "features": _listing(unextracted)}, "results": rows}
+            "dropped": {"alignments": listing(unlabelled), "features": listing(unextracted)}, "results": rows}
 
 
 def format_units_report(report: dict) -> str:
@@ -217,9 +209,6 @@ def format_units_report(report: dict) -> str:
     lines.append(f"purity and PNMI (HuBERT's) over every labelled frame, silence included; ABX of the one-hot units "
                  f"({abx['context']} context, at most {abx['max_triples_per_item'] or 'all'} triples per X), "
                  "chance 50 %")
-    for why, listing in report["dropped"].items():
-        if listing["count"]:
-            lines.append(f"dropped: {listing['count']} utterance(s) without {why}, e.g. {', '.join(listing['ids'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + dropped_lines(report["dropped"]))
 
 
