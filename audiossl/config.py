@@ -11,6 +11,7 @@ impossible combinations are errors raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,28 +58,6 @@ class ModelConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    objective: str = "cpc"  # cpc | apc | mpc | npc (the registry in audiossl.objectives)
-    cpc_steps: int = 12  # prediction steps k = 1..K, one W_k each
-    cpc_negatives: int = 128  # negatives per positive
-    cpc_negative_policy: str = "batch"  # batch | sequence (same speaker: data sampler=same_speaker)
-    cpc_predictor: str = "bilinear"  # bilinear W_k per step (paper) | transformer (CPC_audio's default --rnnMode)
-    cpc_score: str = "bilinear"  # bilinear z^T W_k c | cosine (cos(W_k c, z) / temperature)
-    cpc_temperature: float = 0.1  # divides cosine scores
-    cpc_loss: str = "infonce"  # infonce (softmax over candidates) | nce (binary logistic, wav2vec)
-    apc_shift: int = 3  # APC predicts log-mel frame t + apc_shift from c_t (Chung et al.: 2-5 best)
-    mpc_mask_proportion: float = 0.15  # MPC: expected fraction of frames selected, in spans
-    mpc_span: int = 7  # MPC: frames per selected span (Mockingjay's mask_consecutive)
-    mpc_zero_prob: float = 0.8  # MPC: a selected span is zeroed with this probability
-    mpc_random_prob: float = 0.1  # MPC: ... replaced by another span of the utterance (else kept)
-    mpc_freq_mask_bins: int = 0  # MPC: zero a random band of up to this many log-mel bins (0: off; TERA)
-    mpc_head: str = "mlp"  # MPC prediction head: mlp (Mockingjay's dense-GELU-LayerNorm-linear) | linear
-    npc_vq_groups: int = 0  # NPC: vector-quantization groups before the postnet (0: no VQ; paper 4)
-    npc_vq_codes: int = 64  # NPC: codes per VQ group
-    npc_vq_temperature: float = 1.0  # NPC: Gumbel-softmax temperature of the VQ during training
-
-
-@dataclass
 class TrainConfig:
     batch_size: int = 8  # windows per step and process
     max_steps: int = 1000  # optimizer steps
@@ -98,7 +77,29 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (autocast on any device)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig, "train": TrainConfig}
+def objective_section() -> type:
+    """The ``objective`` section's class: ``objective`` (which one trains) and the settings of every
+    objective in :data:`audiossl.objectives.OBJECTIVES`, each owner's fields in registry order.
+
+    Built on first use: the objectives import this module.
+    """
+    global _objective_section
+    if _objective_section is None:
+        from audiossl.objectives import OBJECTIVES
+
+        fields = [("objective", str, field(default="cpc"))]  # cpc | apc | mpc | npc: a key of OBJECTIVES
+        for objective in OBJECTIVES.values():
+            hints = typing.get_type_hints(objective.Settings)
+            fields += [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(objective.Settings)]
+        _objective_section = dataclasses.make_dataclass("ObjectiveConfig", fields)
+    return _objective_section
+
+
+_objective_section = None
+
+
+def sections() -> dict[str, type]:
+    return {"data": DataConfig, "model": ModelConfig, "objective": objective_section(), "train": TrainConfig}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPC_audio's defaults (Riviere et al. 2020): 256-channel encoder with channel norm, 1-layer LSTM 256
@@ -131,12 +132,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: Any = field(default_factory=lambda: objective_section()())  # see objective_section()
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict (section -> field -> value), safe for checkpoints."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return {name: dataclasses.asdict(getattr(self, name)) for name in sections()}
 
     def flat(self) -> dict[str, Any]:
         return {k: v for section in self.to_dict().values() for k, v in section.items()}
@@ -148,18 +149,16 @@ class Config:
         return build_config(overrides=flat)
 
 
-def _field_owner() -> dict[str, tuple[str, dataclasses.Field]]:
+@functools.cache
+def fields_by_key() -> dict[str, tuple[str, Any]]:
+    """Every config key -> (its section, its type)."""
     owner = {}
-    for section, klass in SECTIONS.items():
+    for section, klass in sections().items():
         hints = typing.get_type_hints(klass)
         for f in dataclasses.fields(klass):
             assert f.name not in owner, f"config key {f.name} defined twice"
-            f.type = hints[f.name]
-            owner[f.name] = (section, f)
+            owner[f.name] = (section, hints[f.name])
     return owner
-
-
-FIELDS = _field_owner()
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -243,16 +242,18 @@ def build_config(config_file: str | Path | None = None, overrides: dict[str, Any
     merged.update(settings)
 
     cfg = Config()
+    known = fields_by_key()
     for key, value in merged.items():
-        if key not in FIELDS:
+        if key not in known:
             raise ConfigError(f"unknown config key {key!r}")
-        section, f = FIELDS[key]
-        setattr(getattr(cfg, section), key, _coerce(key, value, f.type))
+        section, typ = known[key]
+        setattr(getattr(cfg, section), key, _coerce(key, value, typ))
     validate(cfg)
     return cfg
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse a value of ``key`` that is not one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}")
 
@@ -260,45 +261,33 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def validate(cfg: Config) -> None:
     """Reject impossible values, one line each, before any work starts."""
     d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
-    _choice("sampler", d.sampler, ("uniform", "same_speaker"))
-    _choice("frontend", m.frontend, ("waveform", "logmel"))
-    _choice("encoder_norm", m.encoder_norm, ("batch", "channel", "channel_unbiased", "none"))
-    _choice("encoder_init", m.encoder_init, ("default", "filterbank"))
+    choice("sampler", d.sampler, ("uniform", "same_speaker"))
+    choice("frontend", m.frontend, ("waveform", "logmel"))
+    choice("encoder_norm", m.encoder_norm, ("batch", "channel", "channel_unbiased", "none"))
+    choice("encoder_init", m.encoder_init, ("default", "filterbank"))
     if m.encoder_init == "filterbank" and (m.frontend != "waveform" or not m.encoder_kernels
                                            or m.encoder_kernels[0] < 32):
         raise ConfigError("encoder_init: filterbank needs frontend: waveform and a first conv kernel of at least "
                           f"32 samples (got encoder_kernels={m.encoder_kernels})")
-    _choice("encoder_first", m.encoder_first, ("conv", "log_envelope"))
+    choice("encoder_first", m.encoder_first, ("conv", "log_envelope"))
     if m.encoder_first == "log_envelope" and (m.frontend != "waveform" or not m.encoder_kernels
                                               or m.encoder_channels % 2):
         raise ConfigError("encoder_first: log_envelope needs frontend: waveform, at least one conv and an even "
                           f"encoder_channels (got {m.encoder_channels})")
     if m.encoder_envelope_pool < 1 or m.encoder_envelope_pool % 2 == 0:
         raise ConfigError(f"encoder_envelope_pool must be an odd number of frames, got {m.encoder_envelope_pool}")
-    _choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
-    _choice("mpc_head", o.mpc_head, ("mlp", "linear"))
-    _choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))
-    _choice("cpc_score", o.cpc_score, ("bilinear", "cosine"))
-    _choice("cpc_predictor", o.cpc_predictor, ("bilinear", "transformer"))
-    if o.objective == "cpc" and o.cpc_predictor == "transformer" and m.context_dim != m.encoder_channels:
-        raise ConfigError(f"cpc_predictor: transformer needs context_dim == encoder_channels (CPC_audio's layout), "
-                          f"got {m.context_dim} and {m.encoder_channels}")
-    _choice("cpc_loss", o.cpc_loss, ("infonce", "nce"))
-    _choice("decay", t.decay, ("cosine", "linear", "constant"))
-    _choice("precision", t.precision, ("auto", "fp32", "bf16"))
+    choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
+    choice("decay", t.decay, ("cosine", "linear", "constant"))
+    choice("precision", t.precision, ("auto", "fp32", "bf16"))
     if not (len(m.encoder_kernels) == len(m.encoder_strides) == len(m.encoder_paddings)):
         raise ConfigError("encoder_kernels, encoder_strides and encoder_paddings need the same length")
-    positive = {
+    positive({
         "sample_rate": d.sample_rate, "window_samples": d.window_samples, "n_mels": m.n_mels,
         "encoder_channels": m.encoder_channels, "context_dim": m.context_dim,
-        "context_heads": m.context_heads, "context_ff_dim": m.context_ff_dim,
-        "cpc_steps": o.cpc_steps, "cpc_negatives": o.cpc_negatives, "batch_size": t.batch_size,
+        "context_heads": m.context_heads, "context_ff_dim": m.context_ff_dim, "batch_size": t.batch_size,
         "max_steps": t.max_steps, "accumulate": t.accumulate, "log_every": t.log_every,
         "ckpt_every": t.ckpt_every, "max_nonfinite": t.max_nonfinite, "context_max_frames": m.context_max_frames,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key {key!r} must be positive, got {value}")
+    })
     for key in ("encoder_kernels", "encoder_strides"):
         if any(v <= 0 for v in getattr(m, key)):
             raise ConfigError(f"config key {key!r} must hold positive integers, got {getattr(m, key)}")
@@ -314,44 +303,31 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'max_minutes' must not be negative, got {t.max_minutes}")
     if t.lr <= 0 or t.warmup_steps < 0 or t.clip_grad < 0 or t.weight_decay < 0:
         raise ConfigError("lr must be positive; warmup_steps, clip_grad and weight_decay non-negative")
-    _validate_predictive(cfg)
-    if o.cpc_temperature <= 0:
-        raise ConfigError(f"config key 'cpc_temperature' must be positive, got {o.cpc_temperature}")
     if not 0.0 <= m.context_dropout < 1.0:
         raise ConfigError(f"config key 'context_dropout' must be in [0, 1), got {m.context_dropout}")
+    if m.context == "npc" and m.context_layers > 4:
+        # The masked conv (kernel 15) hides 5 + 2 * block frames: 13 at block 4, the last that fits.
+        raise ConfigError(f"context: npc has at most 4 blocks, got context_layers={m.context_layers}")
+    from audiossl.objectives import OBJECTIVES
+
+    if o.objective not in OBJECTIVES:
+        raise ConfigError(f"config key 'objective': {o.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    for name, objective in OBJECTIVES.items():  # every objective's settings, and what the chosen one needs
+        objective.check(cfg, chosen=name == o.objective)
     # Window size against what the objective needs is checked once the model
     # is built (the receptive field is computed there): see check_window().
 
 
-def _validate_predictive(cfg: Config) -> None:
-    """APC, MPC and NPC settings, and the context network each one needs."""
-    m, o = cfg.model, cfg.objective
-    if o.apc_shift < 1 or o.mpc_span < 1 or o.npc_vq_groups < 0 or o.mpc_freq_mask_bins < 0:
-        raise ConfigError("apc_shift and mpc_span must be positive; npc_vq_groups and mpc_freq_mask_bins "
-                          "not negative")
-    if not 0.0 < o.mpc_mask_proportion < 1.0:
-        raise ConfigError(f"config key 'mpc_mask_proportion' must be in (0, 1), got {o.mpc_mask_proportion}")
-    if min(o.mpc_zero_prob, o.mpc_random_prob) < 0 or o.mpc_zero_prob + o.mpc_random_prob > 1:
-        raise ConfigError("mpc_zero_prob and mpc_random_prob must be non-negative and sum to at most 1")
-    if o.mpc_freq_mask_bins > m.n_mels:
-        raise ConfigError(f"mpc_freq_mask_bins {o.mpc_freq_mask_bins} exceeds n_mels {m.n_mels}")
-    if o.npc_vq_groups and (o.npc_vq_codes < 2 or m.context_dim % o.npc_vq_groups or o.npc_vq_temperature <= 0):
-        raise ConfigError(f"NPC's VQ needs npc_vq_codes >= 2, a positive npc_vq_temperature and context_dim "
-                          f"{m.context_dim} divisible by npc_vq_groups {o.npc_vq_groups}")
-    if m.context == "npc" and m.context_layers > 4:
-        # The masked conv (kernel 15) hides 5 + 2 * block frames: 13 at block 4, the last that fits.
-        raise ConfigError(f"context: npc has at most 4 blocks, got context_layers={m.context_layers}")
-    bidirectional = m.context == "npc" or (m.context == "transformer" and not m.context_causal)
-    if o.objective == "apc" and bidirectional:
-        raise ConfigError("objective apc needs a unidirectional context (gru, lstm, or transformer with "
-                          "context_causal: true)")
-    if o.objective == "mpc" and not (m.context == "transformer" and not m.context_causal):
-        raise ConfigError("objective mpc needs a bidirectional Transformer (context: transformer, "
-                          "context_causal: false)")
-    if o.objective == "npc" and m.context != "npc":
-        raise ConfigError(f"objective npc needs context: npc (its masked-conv network), got context: {m.context}")
-    if o.objective == "mpc" and o.mpc_freq_mask_bins and m.frontend != "logmel":
-        raise ConfigError("mpc_freq_mask_bins needs frontend: logmel (the band is masked in the log-mel input)")
+def positive(values: dict[str, float]) -> None:
+    """Refuse any of ``{key: value}`` that is not positive."""
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"config key {key!r} must be positive, got {value}")
+
+
+def bidirectional(model: ModelConfig) -> bool:
+    """Whether the context network sees future frames (NPC's masked convs, a non-causal Transformer)."""
+    return model.context == "npc" or (model.context == "transformer" and not model.context_causal)
 
 
 def check_window(cfg: Config, num_frames: int, receptive_field: int) -> None:
@@ -365,18 +341,6 @@ def check_window(cfg: Config, num_frames: int, receptive_field: int) -> None:
         raise ConfigError(
             f"window_samples {cfg.data.window_samples} is shorter than the encoder's receptive field "
             f"({receptive_field} samples)")
-    if cfg.objective.objective == "cpc":
-        steps, negatives = cfg.objective.cpc_steps, cfg.objective.cpc_negatives
-        if num_frames <= steps:
-            raise ConfigError(
-                f"window_samples {cfg.data.window_samples} gives {num_frames} frames, not more than "
-                f"cpc_steps={steps}; use a longer window or fewer steps")
-        candidates = num_frames if cfg.objective.cpc_negative_policy == "sequence" else num_frames * cfg.train.batch_size
-        if negatives >= candidates:
-            raise ConfigError(
-                f"cpc_negatives={negatives} but only {candidates - 1} frames can be negatives "
-                f"({cfg.objective.cpc_negative_policy} policy, {num_frames} frames per window)")
-    needed = {"apc": cfg.objective.apc_shift + 1, "mpc": cfg.objective.mpc_span}.get(cfg.objective.objective, 0)
-    if num_frames < needed:
-        raise ConfigError(f"window_samples {cfg.data.window_samples} gives {num_frames} frames; objective "
-                          f"{cfg.objective.objective} needs at least {needed} (apc_shift + 1, or mpc_span)")
+    from audiossl.objectives import OBJECTIVES
+
+    OBJECTIVES[cfg.objective.objective].check_window(cfg, num_frames)

@@ -1,8 +1,18 @@
-"""The objectives registry: name -> class with ``from_config(cfg, model)``.
+"""The objectives registry: name -> objective class.
 
 Every objective is an ``nn.Module`` that owns its heads and implements
 ``forward(model, batch) -> (loss, metrics)``; the training loop never looks at
-an objective's name.
+an objective's name. Each class also owns its settings and their checks:
+
+- ``Settings``: a dataclass of its config keys (flat, prefixed with its name:
+  ``cpc_steps``), which :func:`audiossl.config.objective_section` joins into
+  the config's ``objective`` section;
+- ``check(cfg, chosen)``: refuse impossible values of its settings (always)
+  and a model it cannot train (when ``chosen``), raising ``ConfigError``;
+- ``check_window(cfg, num_frames)``: refuse a training window too short for it;
+- ``from_config(cfg, model)``: build it for a model.
+
+Adding an objective is one module with such a class plus one line below.
 """
 
 from __future__ import annotations
@@ -24,7 +34,10 @@ OBJECTIVES: dict[str, type[nn.Module]] = {
 
 
 def build_objective(cfg: Config, model: nn.Module) -> nn.Module:
+    """The objective ``cfg`` names, for ``model``; its checks run again (a config may have been edited since
+    it was built)."""
     name = cfg.objective.objective
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+    OBJECTIVES[name].check(cfg, chosen=True)
     return OBJECTIVES[name].from_config(cfg, model)

@@ -24,11 +24,12 @@ position term on the keys) whose output is the prediction of ``z_{t+k}``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from audiossl.config import Config
+from audiossl.config import Config, ConfigError, choice, positive
 from audiossl.objectives.infonce import (contrastive_losses, mutual_information_bound, sample_candidates,
                                          score_candidates)
 
@@ -76,6 +77,17 @@ class CausalPredictorLayer(nn.Module):
         return self.norm_ff(y + self.ff(y))
 
 
+@dataclass
+class CPCSettings:
+    cpc_steps: int = 12  # prediction steps k = 1..K, one W_k each
+    cpc_negatives: int = 128  # negatives per positive
+    cpc_negative_policy: str = "batch"  # batch | sequence (same speaker: data sampler=same_speaker)
+    cpc_predictor: str = "bilinear"  # bilinear W_k per step (paper) | transformer (CPC_audio's default --rnnMode)
+    cpc_score: str = "bilinear"  # bilinear z^T W_k c | cosine (cos(W_k c, z) / temperature)
+    cpc_temperature: float = 0.1  # divides cosine scores
+    cpc_loss: str = "infonce"  # infonce (softmax over candidates) | nce (binary logistic, wav2vec)
+
+
 class CPCObjective(nn.Module):
     """Multi-step InfoNCE with a bilinear ``W_k`` per prediction step.
 
@@ -111,6 +123,33 @@ class CPCObjective(nn.Module):
             raise ValueError(f"unknown CPC predictor {predictor!r}")
         self.num_steps, self.num_negatives = num_steps, num_negatives
         self.negative_policy, self.score, self.temperature, self.loss = negative_policy, score, temperature, loss
+
+    Settings = CPCSettings
+
+    @staticmethod
+    def check(cfg: Config, chosen: bool) -> None:
+        """Refuse impossible CPC settings and, when CPC trains, a Transformer predictor of the wrong size."""
+        m, o = cfg.model, cfg.objective
+        choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))
+        choice("cpc_score", o.cpc_score, ("bilinear", "cosine"))
+        choice("cpc_predictor", o.cpc_predictor, ("bilinear", "transformer"))
+        choice("cpc_loss", o.cpc_loss, ("infonce", "nce"))
+        positive({"cpc_steps": o.cpc_steps, "cpc_negatives": o.cpc_negatives, "cpc_temperature": o.cpc_temperature})
+        if chosen and o.cpc_predictor == "transformer" and m.context_dim != m.encoder_channels:
+            raise ConfigError(f"cpc_predictor: transformer needs context_dim == encoder_channels (CPC_audio's "
+                              f"layout), got {m.context_dim} and {m.encoder_channels}")
+
+    @staticmethod
+    def check_window(cfg: Config, num_frames: int) -> None:
+        """Refuse a window with no frame left to predict from, or fewer candidates than negatives."""
+        o = cfg.objective
+        if num_frames <= o.cpc_steps:
+            raise ConfigError(f"window_samples {cfg.data.window_samples} gives {num_frames} frames, not more than "
+                              f"cpc_steps={o.cpc_steps}; use a longer window or fewer steps")
+        candidates = num_frames if o.cpc_negative_policy == "sequence" else num_frames * cfg.train.batch_size
+        if o.cpc_negatives >= candidates:
+            raise ConfigError(f"cpc_negatives={o.cpc_negatives} but only {candidates - 1} frames can be negatives "
+                              f"({o.cpc_negative_policy} policy, {num_frames} frames per window)")
 
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module) -> "CPCObjective":

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from audiossl.config import Config, ConfigError
+from audiossl.config import Config, ConfigError, choice
 from audiossl.models.frontends import length_mask
-from audiossl.objectives.apc import LogMelTargets, masked_l1
+from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
 
 ZEROED, RANDOM, KEPT = 0, 1, 2  # what happened to a selected frame; -1: not selected
 
@@ -171,6 +171,16 @@ class PredictionHead(nn.Module):
         return self.out(self.norm(nn.functional.gelu(self.dense(x))))
 
 
+@dataclass
+class MPCSettings:
+    mpc_mask_proportion: float = 0.15  # expected fraction of frames selected, in spans
+    mpc_span: int = 7  # frames per selected span (Mockingjay's mask_consecutive)
+    mpc_zero_prob: float = 0.8  # a selected span is zeroed with this probability
+    mpc_random_prob: float = 0.1  # ... replaced by another span of the utterance (else kept)
+    mpc_freq_mask_bins: int = 0  # zero a random band of up to this many log-mel bins (0: off; TERA)
+    mpc_head: str = "mlp"  # prediction head: mlp (Mockingjay's dense-GELU-LayerNorm-linear) | linear
+
+
 class MPCObjective(nn.Module):
     """L1 reconstruction of the selected (corrupted) log-mel frames.
 
@@ -192,15 +202,37 @@ class MPCObjective(nn.Module):
         else:
             raise ValueError(f"unknown MPC head {head!r}")
 
+    Settings = MPCSettings
+
+    @staticmethod
+    def check(cfg: Config, chosen: bool) -> None:
+        """Refuse impossible MPC settings and, when MPC trains, a context or frontend it cannot use."""
+        m, o = cfg.model, cfg.objective
+        choice("mpc_head", o.mpc_head, ("mlp", "linear"))
+        if o.mpc_span < 1 or o.mpc_freq_mask_bins < 0:
+            raise ConfigError("mpc_span must be positive and mpc_freq_mask_bins not negative")
+        if not 0.0 < o.mpc_mask_proportion < 1.0:
+            raise ConfigError(f"config key 'mpc_mask_proportion' must be in (0, 1), got {o.mpc_mask_proportion}")
+        if min(o.mpc_zero_prob, o.mpc_random_prob) < 0 or o.mpc_zero_prob + o.mpc_random_prob > 1:
+            raise ConfigError("mpc_zero_prob and mpc_random_prob must be non-negative and sum to at most 1")
+        if o.mpc_freq_mask_bins > m.n_mels:
+            raise ConfigError(f"mpc_freq_mask_bins {o.mpc_freq_mask_bins} exceeds n_mels {m.n_mels}")
+        if chosen and not (m.context == "transformer" and not m.context_causal):
+            raise ConfigError("objective mpc needs a bidirectional Transformer (context: transformer, "
+                              "context_causal: false)")
+        if chosen and o.mpc_freq_mask_bins and m.frontend != "logmel":
+            raise ConfigError("mpc_freq_mask_bins needs frontend: logmel (the band is masked in the log-mel input)")
+
+    @staticmethod
+    def check_window(cfg: Config, num_frames: int) -> None:
+        if num_frames < cfg.objective.mpc_span:
+            raise ConfigError(f"window_samples {cfg.data.window_samples} gives {num_frames} frames; objective "
+                              f"mpc needs at least {cfg.objective.mpc_span} (mpc_span)")
+
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module) -> "MPCObjective":
-        if getattr(model.context, "causal", True):
-            raise ConfigError(f"objective mpc needs a bidirectional context network, got a causal "
-                              f"{type(model.context).__name__}")
         o = cfg.objective
         frames = LogMelTargets(model, cfg.model.n_mels, cfg.model.cmvn)
-        if o.mpc_freq_mask_bins and frames.target_frontend is not None:
-            raise ConfigError("mpc_freq_mask_bins needs frontend: logmel (the band is masked in the log-mel input)")
         masker = SpanMasker(o.mpc_mask_proportion, o.mpc_span, o.mpc_zero_prob, o.mpc_random_prob,
                             o.mpc_freq_mask_bins)
         return cls(frames, model.context_dim, masker, o.mpc_head)

@@ -26,13 +26,22 @@ each group's code usage over the batch, averaged over groups (the reference's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from audiossl.config import Config, ConfigError
 from audiossl.models.frontends import length_mask
-from audiossl.models.npc import GumbelQuantizer, NPCContext
-from audiossl.objectives.apc import LogMelTargets, masked_l1
+from audiossl.models.npc import GumbelQuantizer
+from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
+
+
+@dataclass
+class NPCSettings:
+    npc_vq_groups: int = 0  # vector-quantization groups before the postnet (0: no VQ; paper 4)
+    npc_vq_codes: int = 64  # codes per VQ group
+    npc_vq_temperature: float = 1.0  # Gumbel-softmax temperature of the VQ during training
 
 
 class NPCObjective(nn.Module):
@@ -53,10 +62,26 @@ class NPCObjective(nn.Module):
         self.quantizer = GumbelQuantizer(context_dim, vq_groups, vq_codes, vq_temperature) if vq_groups else None
         self.postnet = nn.Linear(context_dim, frames.out_dim)
 
+    Settings = NPCSettings
+
+    @staticmethod
+    def check(cfg: Config, chosen: bool) -> None:
+        """Refuse impossible VQ settings and, when NPC trains, any context but NPC's masked convs."""
+        m, o = cfg.model, cfg.objective
+        if o.npc_vq_groups < 0:
+            raise ConfigError(f"config key 'npc_vq_groups' must not be negative, got {o.npc_vq_groups}")
+        if o.npc_vq_groups and (o.npc_vq_codes < 2 or m.context_dim % o.npc_vq_groups or o.npc_vq_temperature <= 0):
+            raise ConfigError(f"NPC's VQ needs npc_vq_codes >= 2, a positive npc_vq_temperature and context_dim "
+                              f"{m.context_dim} divisible by npc_vq_groups {o.npc_vq_groups}")
+        if chosen and m.context != "npc":
+            raise ConfigError(f"objective npc needs context: npc (its masked-conv network), got context: {m.context}")
+
+    @staticmethod
+    def check_window(cfg: Config, num_frames: int) -> None:
+        """Any window is long enough: every frame is a prediction."""
+
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module) -> "NPCObjective":
-        if not isinstance(model.context, NPCContext):
-            raise ConfigError(f"objective npc needs context: npc, got {type(model.context).__name__}")
         frames = LogMelTargets(model, cfg.model.n_mels, cfg.model.cmvn)
         hidden = model.context.input_mask // 2
         # Over log-mel frames the hidden neighbourhood must stay hidden, so the
