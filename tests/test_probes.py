@@ -310,7 +310,8 @@ def test_cli_train_extract_probe(tmp_path, tiny_overrides, capsys):
                  *split_args, "--out", str(out), *run]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["task"] == "phone" and "phone probe: 41 classes" in printed
+    assert (metrics["task"], metrics["num_classes"]) == ("phone", 41)
+    assert metrics["scores"] == [{"key": "accuracy", "label": "accuracy", "lower_is_better": False}]
     assert [(r["features"], r["role"]) for r in metrics["results"]] == [
         ("context", "model"), ("encoder", "model"), ("mfcc", "baseline")]
     assert (out / "report.txt").read_text().strip() in printed
@@ -332,7 +333,7 @@ def test_cli_train_extract_probe(tmp_path, tiny_overrides, capsys):
     assert {path: path.stat().st_mtime_ns for path in cached.paths.values()} == stamps
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["features"] for r in metrics["results"]] == ["context"] and metrics["unit"] == "utterance (mean)"
-    assert "speaker probe: 8 classes" in capsys.readouterr().out
+    assert metrics["num_classes"] == 8
 
     # --baseline: the hand-made feature is the main source and brings no other floor.
     out = tmp_path / "probe_phone_mfcc"

@@ -51,15 +51,19 @@ def test_every_stage_leaves_its_results(finished):
     assert (run / "pretrain" / "train_log.tsv").read_text().splitlines()[-1].split("\t")[0] == "3"
     index = (run / "features" / "context" / "index.tsv").read_text().splitlines()
     assert len(index) == 1 + 112
-    phone, speaker = metrics(run, "phone"), metrics(run, "speaker")
-    for report in (phone, speaker):
-        assert [row["features"] for row in report["results"]] == ["context", "mfcc", "logmel"]
-        assert all(0.0 <= row["accuracy"] <= 1.0 for row in report["results"])
-    abx = metrics(run, "abx")
-    assert all(0.0 <= row[c] <= 1.0 for row in abx["results"] for c in ("within", "across"))
-    assert all(0.0 <= row["per"] for row in metrics(run, "ctc-phone")["results"])
-    subword = metrics(run, "ctc-subword")
-    assert all(0.0 <= row["cer"] and 0.0 <= row["wer"] for row in subword["results"])
+    scored = {"phone": ["accuracy"], "speaker": ["accuracy"], "abx": ["within", "across"], "ctc-phone": ["per"],
+              "ctc-subword": ["cer", "wer"], "units_k50": ["pnmi", "phone_purity", "cluster_purity", "within",
+                                                         "across"]}
+    for kind, keys in scored.items():  # one result format: the scores named, in every row, the floors beside
+        report = metrics(run, kind)
+        assert [s["key"] for s in report["scores"]] == keys, kind
+        assert [(row["features"], row["role"]) for row in report["results"]] == [
+            ("context", "model"), ("mfcc", "baseline"), ("logmel", "baseline")], kind
+        assert all(isinstance(row[key], float) for row in report["results"] for key in keys), kind
+    phone = {row["features"]: row for row in metrics(run, "phone")["results"]}
+    assert phone["mfcc"]["accuracy"] > phone["mfcc"]["chance"]  # 2 epochs on MFCC already beat the majority class
+    abx = {row["features"]: row for row in metrics(run, "abx")["results"]}
+    assert abx["mfcc"]["within"] < 0.3 and abx["mfcc"]["across"] < 0.4  # the demo's phones are separable by MFCC
     assert (run / "probe_ctc-subword" / "units.model").is_file()  # the sentencepiece units, kept for reuse
     kmeans = json.loads((run / "units_k50" / "kmeans.json").read_text())
     assert (kmeans["k"], kmeans["layer"], kmeans["fit"]["utterances"]) == (50, "context", 88)  # the training split
