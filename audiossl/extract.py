@@ -61,7 +61,6 @@ from audiossl.features import (FORMATS, INDEX, INDEX_COLUMNS, META, NPZ_KEY, SOU
                                FeatureError, FeatureSet, atomic_write, audio_stamp, feature_path, read_sources,
                                relative_paths, source_label, stored_frames)
 from audiossl.lock import FolderLock
-from audiossl.models.context import NoContext, RecurrentContext
 from audiossl.models.model import SSLModel
 
 # FeatureError and FeatureSet are re-exported: probes and reports import them from here.
@@ -162,7 +161,7 @@ def _check_chunkable(model: SSLModel, layers: Sequence[str]) -> None:
     if getattr(model.frontend, "cmvn", False):
         raise FeatureError("per-utterance input normalization (cmvn) needs whole utterances: "
                            "extract with chunk_seconds=0")
-    if any(name != "encoder" for name in layers) and not isinstance(model.context, (RecurrentContext, NoContext)):
+    if any(name != "encoder" for name in layers) and not model.context.carries_state:
         raise FeatureError(f"a {type(model.context).__name__} context carries no state across chunks: "
                            "extract with chunk_seconds=0, or only the encoder layer")
 

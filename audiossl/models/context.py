@@ -1,10 +1,10 @@
 """Context networks: recurrent (GRU, LSTM) and Transformer (causal or not).
 
-Every context network maps ``(feats (batch, frames, dim), lengths)`` to the
-list of its layers' outputs, each ``(batch, frames, out_dim)``, zeroed past
-each sequence's end. Recurrent networks also take and return their hidden
-state, so a long file can be processed in chunks with the same result as one
-pass (``audiossl extract`` relies on it).
+Every context network is a :class:`ContextNetwork`: it maps ``(feats (batch,
+frames, dim), lengths)`` to the list of its layers' outputs, each ``(batch,
+frames, out_dim)``, zeroed past each sequence's end. Recurrent networks also
+take and return their hidden state, so a long file can be processed in
+chunks with the same result as one pass (``audiossl extract`` relies on it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,33 @@ from torch import nn
 from audiossl.models.frontends import length_mask
 
 
-class RecurrentContext(nn.Module):
+class ContextNetwork(nn.Module):
+    """What every context network tells the model, the objectives and extraction.
+
+    Attributes:
+        out_dim: size of its outputs.
+        causal: output frame t reads no input frame after t.
+        carries_state: ``forward(x, lengths, state)`` returns a state that
+            continues the computation on the next chunk of the same input,
+            so chunked extraction equals one pass.
+        layers: its layers, one output each (``context_1 .. context_L``).
+    """
+
+    out_dim: int
+    causal: bool = True
+    carries_state: bool = False
+
+    @property
+    def num_layers(self) -> int:
+        """Outputs ``forward`` returns before any summary output (NPC adds one after its blocks')."""
+        return len(self.layers)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, state: list | None = None
+                ) -> tuple[list[torch.Tensor], list | None]:
+        raise NotImplementedError
+
+
+class RecurrentContext(ContextNetwork):
     """A stack of single-layer GRUs or LSTMs, each layer's output exposed.
 
     CPC (paper: GRU 256; CPC_audio: ``--arMode`` LSTM/GRU, 1 layer, 256) and
@@ -25,7 +51,7 @@ class RecurrentContext(nn.Module):
     layer's input is added to its output when the sizes match).
     """
 
-    causal = True
+    carries_state = True
 
     def __init__(self, in_dim: int, hidden: int, num_layers: int, cell: str = "gru",
                  residual: bool = False, dropout: float = 0.0):
@@ -70,7 +96,7 @@ class SinusoidalPosition(nn.Module):
         return x + self.table[: x.shape[1]].to(x.dtype)
 
 
-class TransformerContext(nn.Module):
+class TransformerContext(ContextNetwork):
     """Pre-norm Transformer encoder layers over the encoded frames.
 
     Args:
@@ -108,10 +134,11 @@ class TransformerContext(nn.Module):
         return outputs, None
 
 
-class NoContext(nn.Module):
-    """No context network: the encoder's frames are the context."""
+class NoContext(ContextNetwork):
+    """No context network: the encoder's frames are the context (one output, no state to carry)."""
 
-    causal = True
+    carries_state = True
+    num_layers = 1
 
     def __init__(self, in_dim: int):
         super().__init__()

@@ -60,8 +60,7 @@ class SSLModel(nn.Module):
     @property
     def layer_names(self) -> list[str]:
         """Names ``extract_features`` accepts: encoder, context, context_1..L."""
-        num_layers = len(getattr(self.context, "layers", [None]))
-        return ["encoder", "context"] + [f"context_{i + 1}" for i in range(num_layers)]
+        return ["encoder", "context"] + [f"context_{i + 1}" for i in range(self.context.num_layers)]
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames produced for inputs of ``lengths`` samples."""

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audiossl.models.context import ContextNetwork
 from audiossl.models.frontends import length_mask
 
 
@@ -103,7 +104,7 @@ class NPCBlock(nn.Module):
         return y, self.masked(y) * valid
 
 
-class NPCContext(nn.Module):
+class NPCContext(ContextNetwork):
     """NPC's network as a context network.
 
     ``forward`` returns the blocks' unmasked outputs followed by the sum of
