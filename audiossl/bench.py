@@ -28,7 +28,8 @@ from audiossl.data.corpus import CorpusError, load_corpus
 from audiossl.data.windows import WindowDataset
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
-from audiossl.train import BatchStream, Distributed, Pretrainer, TrainingError, autocast, choose_device, compile_module
+from audiossl.runtime import Distributed, TrainingError, autocast, choose_device, compile_module
+from audiossl.train import BatchStream, Pretrainer
 
 
 def _sync(device: torch.device) -> None:

@@ -39,9 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,16 +60,14 @@ from audiossl.lock import FolderLock
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
 from audiossl.resume import apply_optimizer_settings, check_resumable, resume_position
+from audiossl.runtime import (Distributed, TrainingError, autocast, choose_device, compile_module, seed_everything,
+                              setup_distributed)
 from audiossl.stopping import StopRequests, ignore_in_worker
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.tsv"
 TRAIN_LOG_COLUMNS = ("step", "loss", "lr")
 MAX_UNREADABLE_BATCHES = 20  # batches in a row with no readable window before the run stops
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on; the message says why and where."""
 
 
 class Pretrainer(nn.Module):
@@ -84,43 +80,6 @@ class Pretrainer(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.objective(self.model, batch)
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_spec: str) -> Distributed:
-    """Join the process group when launched by torchrun (``RANK`` is set)."""
-    if "RANK" not in os.environ:
-        return Distributed()
-    dist_info = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device_spec != "cpu"
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return dist_info
-
-
-def choose_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {spec!r} asked for, but CUDA is not available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
@@ -151,29 +110,6 @@ def initial_checkpoint(cfg: Config, model: nn.Module, objective: nn.Module) -> d
     return {"config": cfg.to_dict(), "versions": versions(), "step": 0, "epoch": 0, "position": 0,
             "model": model.state_dict(), "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": [rng_state()], "skipped_steps": 0, "skipped_windows": 0}
-
-
-def autocast(device: torch.device, precision: str = "auto"):
-    """The forward's autocast: ``precision`` ``auto`` is bf16 on CUDA and full fp32 on the CPU.
-
-    ``bf16`` on the CPU runs the convolutions and matrix products in bf16
-    (oneDNN; about 2.5x fp32's rate on CPUs with AVX512-BF16 or AMX), the
-    norms, the recurrent layers and the losses in fp32, as CUDA's autocast does.
-    """
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def compile_module(module: nn.Module) -> nn.Module:
-    """``torch.compile(module)``, random ops drawn as in eager mode.
-
-    Inductor would otherwise generate its own random numbers for CPC's
-    negative sampling and MPC's masks: other draws than eager mode's from the
-    same seed, so a compiled run would not repeat an eager one, nor follow
-    its own checkpointed RNG state on resume.
-    """
-    return torch.compile(module, options={"fallback_random": True})
 
 
 def report_problems(problems: list[Problem], exp_dir: Path) -> None:
@@ -347,8 +283,7 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = exp_dir / CHECKPOINT
-    torch.manual_seed(cfg.train.seed + dist_info.rank)
-    random.seed(cfg.train.seed + dist_info.rank)
+    seed_everything(cfg.train.seed + dist_info.rank)
     if dist_info.is_main:  # what a run killed while saving left behind; the lock keeps out live writers
         remove_stale_temps(exp_dir, owner_may_live=False)
 

@@ -245,7 +245,7 @@ def test_bf16_on_the_cpu_follows_the_fp32_loss_curve(tiny_corpus, tiny_overrides
 
 def test_bf16_autocast_keeps_the_log_envelope_in_fp32():
     from audiossl.models.encoders import ConvEncoder
-    from audiossl.train import autocast
+    from audiossl.runtime import autocast
 
     encoder = ConvEncoder(1, [(8, 64, 5, 30), (16, 4, 2, 1)], init="filterbank", first="log_envelope",
                           envelope_pool=3)

@@ -29,7 +29,7 @@ def print_config(cfg) -> None:
 
 def device_from(spec: str):
     """``--device`` (auto | cpu | cuda | cuda:N) as a torch device; CUDA where there is none is a user error."""
-    from audiossl.train import TrainingError, choose_device
+    from audiossl.runtime import TrainingError, choose_device
 
     try:
         return choose_device(spec)
