@@ -208,9 +208,9 @@ def test_compiled_training_follows_the_eager_loss_curve(tiny_corpus, tiny_overri
     which took 1.5 to 2.5 minutes for these tiny models on two shared cores;
     ``audiossl bench --compile`` runs the whole path.
     """
-    import audiossl.train as train_module
+    import audiossl.train.loop as loop_module
 
-    monkeypatch.setattr(train_module, "compile_module", lambda m: torch.compile(m, backend="aot_eager"))
+    monkeypatch.setattr(loop_module, "compile_module", lambda m: torch.compile(m, backend="aot_eager"))
     overrides = {**tiny_overrides, "max_steps": 4, "ckpt_every": 4}
     if objective == "apc":
         overrides.update(preset="apc_paper", context_dim=16, context_layers=1)
