@@ -6,12 +6,19 @@ list of settings, and ``key=value`` overrides on the command line use the same
 names. A ``preset`` key applies a named preset first; the file's other keys and
 then the command-line overrides win over it. Unknown keys, type mismatches and
 impossible combinations are errors raised before any work starts.
+
+The sections are this module's data, model and train dataclasses and the
+objective section, which joins the settings each objective owns
+(:func:`objective_section`). A probe's settings (``ProbeSettings``,
+``CTCSettings``, ``ABXSettings`` ...) are read the same way, from a flat YAML
+file and ``key=value`` items (:func:`build_settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +171,13 @@ def fields_by_key() -> dict[str, tuple[str, Any]]:
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Convert value (from YAML or a command-line string) to typ, or raise."""
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(typ):  # X | None
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        (typ,) = [t for t in typing.get_args(typ) if t is not type(None)]
+        origin = typing.get_origin(typ)
+    if origin is tuple:  # tuple[X, ...]: written as a list
+        return tuple(_coerce(key, value, list[typing.get_args(typ)[0]]))
     if origin is list:
         (item_type,) = typing.get_args(typ)
         if isinstance(value, str):  # "2,1", "2 1", "[2,1]", "[2, 1]"; "[]" is the empty list
@@ -250,6 +264,44 @@ def build_config(config_file: str | Path | None = None, overrides: dict[str, Any
         setattr(getattr(cfg, section), key, _coerce(key, value, typ))
     validate(cfg)
     return cfg
+
+
+def build_settings(cls: type, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                   base: Any = None, what: str = "setting") -> Any:
+    """A settings dataclass (a probe's) from its defaults <- a flat YAML file <- ``key=value`` overrides.
+
+    Args:
+        cls: the dataclass; its fields are the keys, their types the coercion.
+        base: an instance whose values replace the class defaults (a task's
+            own defaults); None: the class's.
+        what: names the settings in errors ("CTC setting").
+
+    Raises:
+        ConfigError: for an unknown key, a value of the wrong type or one the
+            dataclass refuses, one line.
+    """
+    values = dict(load_config_file(config_file)) if config_file is not None else {}
+    values.update(overrides or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [key for key in values if key not in names]
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown[0]!r}; known: {', '.join(names)}")
+    coerced = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
+    try:
+        return cls(**coerced) if base is None else dataclasses.replace(base, **coerced)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def settings_help(cls: type, base: Any = None) -> str:
+    """``key=default`` of every field, for a command's help."""
+    base = base if base is not None else cls()
+
+    def shown(value: Any) -> str:
+        return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    return ", ".join(f"{f.name}={shown(getattr(base, f.name))}" for f in dataclasses.fields(cls) if f.init)
 
 
 def choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -171,7 +171,7 @@ def test_cli_scores_the_demo_corpus(tmp_path, capsys):
     out = tmp_path / "abx"
     args = ["probe", "abx", "--baseline", "mfcc", "--data", str(DEMO), "--alignments",
             str(DEMO / "converted_aligned_phones.txt"), "--phones", str(DEMO / "phones.txt"), "--split",
-            str(DEMO / "test_split.txt"), "--context", "none", "--max-triples-per-item", "5", "--out", str(out),
+            str(DEMO / "test_split.txt"), "context=none", "max_triples_per_item=5", "--out", str(out),
             "--no-progress", "--device", "cpu", "--num-workers", "0"]
     assert main(args) == 0
     report = json.loads((out / "metrics.json").read_text())
@@ -182,5 +182,5 @@ def test_cli_scores_the_demo_corpus(tmp_path, capsys):
         assert 0 < row["conditions"][condition]["num_triples"] <= 5 * row["num_items"]
         assert 0.0 <= row[condition] < 0.3  # MFCC separate the demo's synthetic phones well
     assert (out / "report.txt").read_text() in capsys.readouterr().out
-    assert main([*args, "--max-triples-per-item", "-1"]) == 2
+    assert main([*args, "max_triples_per_item=-1"]) == 2
     assert "max_triples_per_item" in capsys.readouterr().err

@@ -227,7 +227,7 @@ def test_cli_scores_an_item_file(tmp_path, capsys):
                  str(DEMO / "converted_aligned_phones.txt"), "--phones", str(DEMO / "phones.txt"), "--split",
                  str(DEMO / "test_split.txt")]) == 0
     out = tmp_path / "abx"
-    args = ["probe", "abx", "--baseline", "mfcc", "--data", str(DEMO), "--item-file", str(items), "--context", "any",
+    args = ["probe", "abx", "--baseline", "mfcc", "--data", str(DEMO), "--item-file", str(items), "context_modes=any",
             "--out", str(out), "--no-progress", "--device", "cpu", "--num-workers", "0"]
     assert main(args) == 0
     report = json.loads((out / "metrics.json").read_text())

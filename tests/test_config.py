@@ -9,8 +9,10 @@ from audiossl.config import (
     Config,
     ConfigError,
     build_config,
+    build_settings,
     check_window,
     parse_overrides,
+    settings_help,
     validate,
 )
 
@@ -154,3 +156,32 @@ def test_check_window_counts_negative_candidates(policy, negatives, ok):
     else:
         with pytest.raises(ConfigError, match="cpc_negatives"):
             check_window(cfg, num_frames=20, receptive_field=465)
+
+
+def test_probe_settings_read_like_training_config(tmp_path):
+    from audiossl.probes.abx_groups import ItemABXSettings
+    from audiossl.probes.classify import DEFAULT_SETTINGS
+    from audiossl.probes.ctc import DEFAULT_LR, CTCSettings
+    from audiossl.probes.linear import ProbeSettings
+
+    path = tmp_path / "probe.yaml"
+    path.write_text("epochs: 7\nlr: 0.002\nhidden: 64\n")
+    settings = build_settings(ProbeSettings, path, {"epochs": "9"}, base=DEFAULT_SETTINGS["speaker"])
+    # the command line wins over the file, the file over the task's defaults, which win over the class's
+    assert (settings.epochs, settings.lr, settings.hidden) == (9, 0.002, 64)
+    assert (settings.batch_size, settings.patience) == (64, 20)
+    with pytest.raises(ConfigError, match="unknown linear probe setting 'epoch'; known: epochs, batch_size"):
+        build_settings(ProbeSettings, overrides={"epoch": "3"}, what="linear probe setting")
+    with pytest.raises(ConfigError, match="expected an integer"):
+        build_settings(ProbeSettings, overrides={"epochs": "many"})
+    with pytest.raises(ConfigError, match="probe settings: epochs"):
+        build_settings(ProbeSettings, overrides={"epochs": "0"})
+    # X | None takes "none"; a derived default follows the field it derives from
+    assert build_settings(CTCSettings, overrides={"head": "bilstm"}).lr == DEFAULT_LR["bilstm"]
+    assert build_settings(CTCSettings, overrides={"head": "bilstm", "lr": "none"}).lr == DEFAULT_LR["bilstm"]
+    assert build_settings(CTCSettings, overrides={"lr": "0.5"}).lr == 0.5
+    # tuple[str, ...] fields are written as lists
+    assert build_settings(ItemABXSettings, overrides={"context_modes": "any"}).context_modes == ("any",)
+    assert build_settings(ItemABXSettings, overrides={"speaker_modes": "[within, across]"}).speaker_modes == (
+        "within", "across")
+    assert settings_help(ItemABXSettings).startswith("speaker_modes=within,across, context_modes=within,any")

@@ -145,7 +145,7 @@ def test_sentencepiece_units_round_trip_and_are_reused(tmp_path, sp_type):
 def test_cli_runs_both_ctc_probes_on_the_demo_corpus(tmp_path, capsys):
     out = tmp_path / "ctc"
     common = ["--baseline", "mfcc", "--data", str(DEMO), "--train-split", str(DEMO / "train_split.txt"),
-              "--test-split", str(DEMO / "test_split.txt"), "--epochs", "3", "--out", str(out), "--no-progress",
+              "--test-split", str(DEMO / "test_split.txt"), "epochs=3", "--out", str(out), "--no-progress",
               "--device", "cpu", "--num-workers", "0"]
     assert main(["probe", "ctc-phone", *common, "--alignments", str(DEMO / "converted_aligned_phones.txt"),
                  "--phones", str(DEMO / "phones.txt")]) == 0

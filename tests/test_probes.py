@@ -306,7 +306,7 @@ def test_cli_train_extract_probe(tmp_path, tiny_overrides, capsys):
     # --features: the layers beside the floors; --out gets metrics.json, report.txt and TensorBoard curves.
     out = tmp_path / "probe_phone"
     assert main(["probe", "phone", "--features", str(feats), "--layer", "context,encoder", "--baselines", "mfcc",
-                 "--alignments", str(ALIGNMENTS), "--phones", str(DEMO / "phones.txt"), "--epochs", "3",
+                 "--alignments", str(ALIGNMENTS), "--phones", str(DEMO / "phones.txt"), "epochs=3",
                  *split_args, "--out", str(out), *run]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
@@ -324,7 +324,7 @@ def test_cli_train_extract_probe(tmp_path, tiny_overrides, capsys):
     # --ckpt: extracted into OUT/features first; a second run reuses them.
     out = tmp_path / "probe_speaker"
     argv = ["probe", "speaker", "--checkpoint", ckpt, "--layers", "context", "--data", str(DEMO),  # the aliases
-            "--baselines", "none", "--epochs", "3", *split_args, "--out", str(out), *run]
+            "--baselines", "none", "epochs=3", *split_args, "--out", str(out), *run]
     assert main(argv) == 0
     cached = FeatureSet(out / "features" / "context")
     stamps = {path: path.stat().st_mtime_ns for path in cached.paths.values()}
@@ -338,7 +338,7 @@ def test_cli_train_extract_probe(tmp_path, tiny_overrides, capsys):
     # --baseline: the hand-made feature is the main source and brings no other floor.
     out = tmp_path / "probe_phone_mfcc"
     assert main(["probe", "phone", "--baseline", "mfcc", "--data", str(DEMO), "--alignments", str(ALIGNMENTS),
-                 "--epochs", "3", *split_args, "--out", str(out), *run]) == 0
+                 "epochs=3", *split_args, "--out", str(out), *run]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [(r["features"], r["role"]) for r in metrics["results"]] == [("mfcc", "baseline")]
     assert metrics["accuracy"] > metrics["chance"]
@@ -347,7 +347,7 @@ def test_cli_train_extract_probe(tmp_path, tiny_overrides, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["probe", "speaker", "--features", "{tmp}/none"], "not a feature folder"),
     (["extract", "--checkpoint", "{tmp}/missing.pt", "--data", str(DEMO), "--out", "{tmp}/x"], "no such checkpoint"),
-    (["probe", "speaker", "--features", "{demo}", "--layers", "mfcc", "--epochs", "0"], "probe settings"),
+    (["probe", "speaker", "--features", "{demo}", "--layers", "mfcc", "epochs=0"], "probe settings"),
     (["probe", "speaker", "--ckpt", "{tmp}/missing.pt"], "--data"),
     (["probe", "phone", "--baseline", "mfcc", "--alignments", str(ALIGNMENTS)], "--data"),
 ])

@@ -37,7 +37,7 @@ def metrics(run: Path, kind: str) -> dict:
 def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     exp = tmp_path_factory.mktemp("recipe") / "exp"
     done = run_recipe("--exp", str(exp), "--train-overrides", TINY_TRAINING,
-                      "--probe-overrides", "--epochs 2", "--ctc-overrides", "--epochs 2")
+                      "--probe-overrides", "epochs=2", "--ctc-overrides", "epochs=2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return exp / "cpc", done
 

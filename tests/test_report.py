@@ -128,7 +128,7 @@ def test_report_shows_discrete_units(tmp_path, tiny_corpus, capsys):
                  labels["train_split"], "--out", str(exp / "units_k6"), *quiet]) == 0
     assert main(["probe", "units", "--units", str(exp / "units_k6"), "--features", str(exp / "features"),
                  "--alignments", labels["converted_aligned_phones"], "--phones", labels["phones"], "--split",
-                 labels["test_split"], "--baselines", "logmel", "--context", "none", "--num-workers", "0",
+                 labels["test_split"], "--baselines", "logmel", "context=none", "--num-workers", "0",
                  "--out", str(exp / "probe_units_k6"), *quiet]) == 0
     metrics = json.loads((exp / "probe_units_k6" / "metrics.json").read_text())
     capsys.readouterr()

@@ -358,7 +358,7 @@ def test_cli_fit_assign_probe_units_and_abx_agree(demo_mfcc, tmp_path, capsys):
                  *common]) == 0
     assert "112 utterances (0 kept from an earlier run, 112 written)" in capsys.readouterr().out
     assert main(["probe", "units", "--units", str(units), "--features", str(demo_mfcc), *labels, "--baselines",
-                 "logmel", "--context", "none", "--out", str(probe), "--num-workers", "0", *common]) == 0
+                 "logmel", "context=none", "--out", str(probe), "--num-workers", "0", *common]) == 0
     printed = capsys.readouterr().out
     report = json.loads((probe / "metrics.json").read_text())
     assert (probe / "report.txt").read_text() in printed
@@ -370,7 +370,7 @@ def test_cli_fit_assign_probe_units_and_abx_agree(demo_mfcc, tmp_path, capsys):
         assert 0 <= row["within"] < 0.5 and 0 <= row["across"] < 0.5
     # The one-hot features that assign wrote give probe abx the units probe's ABX figures.
     assert main(["probe", "abx", "--features", str(assigned), "--layer", "onehot", *labels, "--baselines", "none",
-                 "--context", "none", "--out", str(tmp_path / "abx"), *common]) == 0
+                 "context=none", "--out", str(tmp_path / "abx"), *common]) == 0
     (abx,) = json.loads((tmp_path / "abx" / "metrics.json").read_text())["results"]
     assert (abx["within"], abx["across"]) == (report["results"][0]["within"], report["results"][0]["across"])
 

@@ -16,6 +16,19 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-3")
 
 
+def add_settings_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--config`` and ``key=value`` items for a probe's settings (:func:`settings_from`), as ``train`` has."""
+    p.add_argument("--config", help=f"flat YAML file of {what} settings (key: value)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"{what} settings, over --config's")
+
+
+def settings_from(args: argparse.Namespace, cls: type, base=None, what: str = "setting"):
+    """The settings dataclass ``cls`` from ``--config`` and the ``key=value`` items."""
+    from audiossl.config import build_settings
+
+    return build_settings(cls, args.config, parse_overrides(args.overrides), base, what)
+
+
 def config_from(args: argparse.Namespace):
     """The config of ``--config`` with the overrides applied."""
     return build_config(args.config, parse_overrides(args.overrides))

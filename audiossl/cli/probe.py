@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from audiossl.cli.options import device_from, layers_from, name_list
-from audiossl.config import ConfigError
+from audiossl.cli.options import add_settings_args, device_from, layers_from, name_list, settings_from
+from audiossl.config import ConfigError, settings_help
 from audiossl.probes import BASELINES
 
 
@@ -62,24 +62,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p = sub.add_parser("probe", help="linear phone or speaker, ABX, CTC and discrete-unit probes on frozen "
                        "features, beside MFCC/log-mel")
     tasks = p.add_subparsers(dest="task", required=True)
+    from audiossl.probes.classify import DEFAULT_SETTINGS
+    from audiossl.probes.linear import ProbeSettings
+
     shared = probe_options(source_required=True)
-    # The linear probes' training; abx and the CTC probes have their own options.
+    # The linear probes' splits and training settings; abx and the CTC probes have their own.
     fit = argparse.ArgumentParser(add_help=False)
     fit.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
     fit.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
                      "every fifth utterance of each speaker is held out")
-    fit.add_argument("--epochs", type=int, help="most passes over the training examples (phone 40, speaker 100)")
-    fit.add_argument("--patience", type=int, help="stop after this many epochs without a better held-out "
-                     "accuracy (phone 10, speaker 20; 0: never)")
-    fit.add_argument("--batch-size", type=int, help="examples per step (phone 1024, speaker 64)")
-    fit.add_argument("--lr", type=float, help="AdamW peak learning rate (1e-2)")
-    fit.add_argument("--weight-decay", type=float, help="AdamW weight decay (0)")
-    fit.add_argument("--seed", type=int, help="held-out part and example order (1)")
-    fit.add_argument("--hidden", type=int, help="units of one ReLU hidden layer (0: a linear probe, the default)")
-    t = tasks.add_parser("phone", parents=[shared, fit], help="phone class per 10 ms frame")
+    add_settings_args(fit, "linear probe")
+    t = tasks.add_parser("phone", parents=[shared, fit], help="phone class per 10 ms frame",
+                         epilog="settings (audiossl.probes.linear.ProbeSettings): "
+                         + settings_help(ProbeSettings, DEFAULT_SETTINGS["phone"]))
     t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt")
     t.add_argument("--phones", help="phone inventory (phones.txt); fixes the number of classes")
-    t = tasks.add_parser("speaker", parents=[shared, fit], help="speaker per utterance (mean-pooled) or per window")
+    t = tasks.add_parser("speaker", parents=[shared, fit], help="speaker per utterance (mean-pooled) or per window",
+                         epilog="settings (audiossl.probes.linear.ProbeSettings): "
+                         + settings_help(ProbeSettings, DEFAULT_SETTINGS["speaker"]))
     t.add_argument("--window-frames", type=int, default=0,
                    help="frames per example (default 0: whole utterances; CPC_audio uses 128)")
     t.add_argument("--pool", choices=["mean", "last"], default="mean", help="pool a window by its mean or last frame")
@@ -91,19 +91,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import dataclasses
 
     from audiossl.probes.classify import DEFAULT_SETTINGS, format_report, phone_probe, speaker_probe
+    from audiossl.probes.linear import ProbeSettings
     from audiossl.probes.runner import probe_features
 
-    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "hidden")
-             if getattr(args, k) is not None}
-    try:
-        settings = dataclasses.replace(DEFAULT_SETTINGS[args.task], **given)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if (args.ckpt or args.baseline) and not args.data:
-        raise ConfigError("--data (a corpus folder or manifest) is required with --ckpt and --baseline")
-    # A hand-made feature probed as the main source is its own floor.
-    baselines = args.baselines if args.baselines is not None else [] if args.baseline else ["mfcc", "logmel"]
-    device = device_from(args.device)
+    settings = settings_from(args, ProbeSettings, DEFAULT_SETTINGS[args.task], "linear probe setting")
+    baselines, device = floors(args), device_from(args.device)
     print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
           f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
     with probe_features(args.out, args.features, args.ckpt, args.baseline, layers_from(args), args.data,

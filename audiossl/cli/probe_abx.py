@@ -6,16 +6,22 @@ import argparse
 import contextlib
 import json
 
-from audiossl.cli.options import device_from, layers_from
+from audiossl.cli.options import add_settings_args, device_from, layers_from, settings_from
 from audiossl.cli.probe import floors, probe_options, show
-from audiossl.config import ConfigError
+from audiossl.config import ConfigError, settings_help
 from audiossl.probes import ProbeError
 
 
 def add_parser(tasks: argparse._SubParsersAction) -> None:
+    from audiossl.probes.abx import ABXSettings
+    from audiossl.probes.abx_groups import ItemABXSettings
+
     t = tasks.add_parser("abx", parents=[probe_options(source_required=False)],
                          help="ABX phone discriminability within and across speakers, on items cut from frame "
-                         "alignments or on a Libri-light/ZeroSpeech item file")
+                         "alignments or on a Libri-light/ZeroSpeech item file",
+                         epilog=f"settings with --alignments (audiossl.probes.abx.ABXSettings): "
+                         f"{settings_help(ABXSettings)}; with --item-file (audiossl.probes.abx_groups."
+                         f"ItemABXSettings, zrc-abx2's defaults): {settings_help(ItemABXSettings)}")
     t.add_argument("--alignments", help="converted_aligned_phones.txt (items are cut from it)")
     t.add_argument("--item-file", help="a Libri-light/ZeroSpeech .item file: score its items as zrc-abx2 does "
                    "(instead of --alignments)")
@@ -23,20 +29,7 @@ def add_parser(tasks: argparse._SubParsersAction) -> None:
                    "file with --phones' names, and stop")
     t.add_argument("--phones", help="phone inventory (phones.txt); names the silence class SIL (default: class 0)")
     t.add_argument("--split", help="utterance ids to draw items from (CPC's test_split.txt; default: all)")
-    t.add_argument("--context", choices=["triphone", "none", "within", "any", "all"], default=None,
-                   help="triphone (= within): A, B, X share both neighbouring phones (ZeroSpeech); none (= any): "
-                   "any context; all: both (--item-file only). Default: triphone, all with --item-file")
-    t.add_argument("--distance", choices=["angular", "cosine"], default="angular",
-                   help="frame distance: arccos(cos)/pi (ZeroSpeech's and Libri-light's 'cosine') or 1 - cos")
-    t.add_argument("--max-triples-per-item", type=int, default=20,
-                   help="(A, B) pairs drawn per X item and condition (0: all)")
-    t.add_argument("--context-frames", type=int, default=0, help="neighbour frames added to each side of an item")
-    t.add_argument("--max-size-group", type=int, default=10,
-                   help="--item-file: items drawn per (context, speaker, phone) group (zrc-abx2's default 10)")
-    t.add_argument("--max-x-across", type=int, default=5,
-                   help="--item-file: X speakers drawn per A group across speakers (zrc-abx2's default 5)")
-    t.add_argument("--seed", type=int, default=None,
-                   help="the sampling (default 1; with --item-file 3459, zrc-abx2's)")
+    add_settings_args(t, "ABX")
     t.set_defaults(func=cmd_probe_abx)
 
 
@@ -54,13 +47,7 @@ def cmd_probe_abx(args: argparse.Namespace) -> int:
         return cmd_probe_items(args)
     if not args.alignments:
         raise ConfigError("probe abx needs --alignments (items cut from frame labels) or --item-file")
-    if args.context in ("within", "any", "all"):
-        raise ConfigError(f"--context {args.context} is for --item-file; with --alignments: triphone or none")
-    try:
-        settings = ABXSettings(args.context or "triphone", args.distance, args.max_triples_per_item,
-                               args.context_frames, 1 if args.seed is None else args.seed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    settings = settings_from(args, ABXSettings, what="ABX setting")
     baselines, device = floors(args), device_from(args.device)
     print(f"# abx on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
           f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
@@ -113,16 +100,7 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
 
     if args.alignments or args.split:
         raise ConfigError("--item-file names the items: no --alignments or --split")
-    if args.distance != "angular" or args.context_frames:
-        raise ConfigError("--item-file scores with the reference's angular distance and its frame cut: "
-                          "no --distance cosine or --context-frames")
-    contexts = {"all": ("within", "any"), "triphone": ("within",), "within": ("within",),
-                "none": ("any",), "any": ("any",)}[args.context or "all"]
-    try:
-        settings = ItemABXSettings(context_modes=contexts, max_size_group=args.max_size_group,
-                                   max_x_across=args.max_x_across, seed=3459 if args.seed is None else args.seed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    settings = settings_from(args, ItemABXSettings, what="ABX item-file setting")
     baselines, device = floors(args), device_from(args.device)
     print(f"# abx on {args.item_file} with {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
           f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")

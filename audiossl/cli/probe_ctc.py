@@ -6,42 +6,30 @@ import argparse
 import contextlib
 import json
 
-from audiossl.cli.options import device_from, layers_from
+from audiossl.cli.options import add_settings_args, device_from, layers_from, settings_from
 from audiossl.cli.probe import floors, probe_options, show
-from audiossl.config import ConfigError
+from audiossl.config import settings_help
 
 
 def add_parser(tasks: argparse._SubParsersAction) -> None:
     from audiossl.probes.ctc import DEFAULT_LR, CTCSettings
 
     shared = probe_options(source_required=True)
-    ctc_defaults = CTCSettings()  # the CTC options' defaults are the settings' own
     ctc = argparse.ArgumentParser(add_help=False)
     ctc.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
     ctc.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
                      "every fifth utterance of each speaker is held out")
-    ctc.add_argument("--head", choices=["linear", "bilstm"], default=ctc_defaults.head,
-                     help="CTC head on the frozen features")
-    ctc.add_argument("--hidden", type=int, default=ctc_defaults.hidden, help="BiLSTM units per direction")
-    ctc.add_argument("--lstm-layers", type=int, default=ctc_defaults.lstm_layers, help="BiLSTM layers")
-    ctc.add_argument("--epochs", type=int, default=ctc_defaults.epochs, help="most passes over the training utterances")
-    ctc.add_argument("--patience", type=int, default=ctc_defaults.patience,
-                     help="stop after this many epochs without a lower held-out CTC loss (0: never)")
-    ctc.add_argument("--heldout-fraction", type=float, default=ctc_defaults.heldout_fraction,
-                     help="of the training utterances, held out to choose the epoch")
-    ctc.add_argument("--batch-size", type=int, default=ctc_defaults.batch_size, help="utterances per step")
-    ctc.add_argument("--lr", type=float, help="AdamW peak learning rate (default: "
-                     + ", ".join(f"{head} {lr:g}" for head, lr in DEFAULT_LR.items()) + ")")
-    ctc.add_argument("--weight-decay", type=float, default=ctc_defaults.weight_decay, help="AdamW weight decay")
-    ctc.add_argument("--seed", type=int, default=ctc_defaults.seed,
-                     help="held-out part, initialization and utterance order")
-    t = tasks.add_parser("ctc-phone", parents=[shared, ctc], help="CTC phone recognition; phone error rate")
+    add_settings_args(ctc, "CTC head")
+    epilog = (f"settings (audiossl.probes.ctc.CTCSettings): {settings_help(CTCSettings)}; lr None: "
+              + ", ".join(f"{head} {lr:g}" for head, lr in DEFAULT_LR.items()))
+    t = tasks.add_parser("ctc-phone", parents=[shared, ctc], help="CTC phone recognition; phone error rate",
+                         epilog=epilog)
     t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt (collapsed to phone sequences)")
     t.add_argument("--phones", help="phone inventory (phones.txt); number of classes and the silence class SIL")
     t.add_argument("--keep-silence", action="store_true", help="keep silence as a unit instead of dropping it")
     t.set_defaults(func=cmd_probe_ctc)
     t = tasks.add_parser("ctc-subword", parents=[shared, ctc],
-                         help="CTC recognition of sentencepiece pieces; character and word error rates")
+                         help="CTC recognition of sentencepiece pieces; character and word error rates", epilog=epilog)
     t.add_argument("--transcripts", action="append", metavar="PATH",
                    help="transcript file or folder of *.trans.txt (repeatable; default: those beside the audio)")
     t.add_argument("--vocab-size", type=int, default=100, help="most sentencepiece pieces")
@@ -58,11 +46,7 @@ def cmd_probe_ctc(args: argparse.Namespace) -> int:
     from audiossl.probes.ctc import CTCSettings, ctc_phone_probe, ctc_subword_probe, format_ctc_report
     from audiossl.probes.runner import probe_features
 
-    try:
-        settings = CTCSettings(args.head, args.hidden, args.lstm_layers, args.epochs, args.batch_size, args.lr,
-                               args.weight_decay, args.patience, args.heldout_fraction, args.seed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    settings = settings_from(args, CTCSettings, what="CTC setting")
     baselines, device = floors(args), device_from(args.device)
     print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
           f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from audiossl.cli.options import device_from, name_list
+from audiossl.cli.options import add_settings_args, device_from, name_list, settings_from
 from audiossl.cli.probe import show
-from audiossl.config import ConfigError
+from audiossl.config import settings_help
 
 
 def add_parser(tasks: argparse._SubParsersAction) -> None:
+    from audiossl.probes.abx import ABXSettings
+
     t = tasks.add_parser("units", help="discrete units against phone labels: purity, PNMI and ABX of one-hot units, "
-                         "beside k-means on the floors")
+                         "beside k-means on the floors",
+                         epilog=f"settings (audiossl.probes.abx.ABXSettings): {settings_help(ABXSettings)}")
     t.add_argument("--units", required=True, help="an audiossl units fit folder")
     t.add_argument("--features", required=True, help="the audiossl extract folder holding the units' layer")
     t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt")
@@ -21,9 +24,7 @@ def add_parser(tasks: argparse._SubParsersAction) -> None:
     t.add_argument("--data", help="corpus folder or manifest of the floors' audio (default: the features' audio)")
     t.add_argument("--baselines", type=name_list, default=None,
                    help="hand-made floors clustered with the same settings (default: mfcc,logmel; 'none' for none)")
-    t.add_argument("--context", choices=["triphone", "none"], default="triphone", help="ABX context rule")
-    t.add_argument("--max-triples-per-item", type=int, default=20, help="ABX (A, B) pairs per X item (0: all)")
-    t.add_argument("--seed", type=int, default=1, help="ABX triple sampling")
+    add_settings_args(t, "ABX (of the one-hot units)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for the floors")
     t.add_argument("--out", help="output folder: metrics.json, report.txt and the floors' k-means (kmeans_<floor>)")
@@ -37,10 +38,7 @@ def cmd_probe_units(args: argparse.Namespace) -> int:
     from audiossl.probes.abx import ABXSettings
     from audiossl.probes.discrete import format_units_report, units_probe
 
-    try:
-        abx = ABXSettings(args.context, "angular", args.max_triples_per_item, 0, args.seed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    abx = settings_from(args, ABXSettings, what="ABX setting")
     baselines = args.baselines if args.baselines is not None else ["mfcc", "logmel"]
     print(f"# units probe of {args.units} on {args.features}: floors {', '.join(baselines) or 'none'}; "
           f"abx {json.dumps(dataclasses.asdict(abx))}")

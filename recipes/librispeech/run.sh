@@ -23,8 +23,8 @@ layer=context              # layer to probe
 exp=exp/librispeech        # experiment root; the run goes to $exp/$objective
 stage=0
 stop_stage=100
-probe_overrides=           # extra options for the phone and speaker probes, e.g. "--hidden 256"
-ctc_overrides=             # extra options for both CTC probes, e.g. "--head bilstm"
+probe_overrides=           # phone and speaker probe settings (key=value) and options, e.g. "hidden=256 --baselines mfcc"
+ctc_overrides=             # both CTC probes' settings (key=value) and options, e.g. "head=bilstm epochs=100"
 units_k=50                 # discrete units: k-means sizes, space separated, e.g. "50 100"
 units_overrides=           # extra options for audiossl units fit, e.g. "--max-frames 2000000"
 nproc=1                    # processes for pretraining (torchrun on one node when > 1)
