@@ -2,6 +2,8 @@
 
 - :mod:`~audiossl.probes.baselines`: MFCC and log-mel as models, the floor.
 - :mod:`~audiossl.probes.linear`: the linear classifier and its training.
+- :mod:`~audiossl.probes.fit`: what the trained probes' loops share: the cosine learning-rate
+  schedule and early stopping on held-out utterances.
 - :mod:`~audiossl.probes.tasks`: phone examples per frame, speaker examples per utterance or window.
 - :mod:`~audiossl.probes.runner`: what every probe shares: the feature sets and the floors
   beside them, the splits, one result row per feature set, the report format and its output

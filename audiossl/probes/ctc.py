@@ -32,7 +32,6 @@ feature frames are left out of training and test and counted.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from tqdm import tqdm
 from audiossl.data.alignments import load_alignments, load_phone_inventory
 from audiossl.features import FeatureSet
 from audiossl.probes.baselines import BASELINES
+from audiossl.probes.fit import EarlyStopping, cosine_schedule
 from audiossl.probes.linear import feature_statistics
 from audiossl.probes.runner import (Score, checked, corpus_audio, listing, open_layers, resolve_split, score_sets,
                                     scores, with_floors)
@@ -292,11 +292,10 @@ def train_ctc_head(feats: Sequence[np.ndarray], targets: Sequence[np.ndarray], n
     head = CTCHead(tensors[0].shape[1], num_classes, settings.head, settings.hidden, settings.lstm_layers).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     batches = _batches([len(f) for f in tensors], settings.batch_size)
-    total = settings.epochs * len(batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    scheduler = cosine_schedule(optimizer, settings.epochs * len(batches))
     generator = np.random.default_rng(settings.seed)
     history: dict[str, list[float]] = {"train_loss": [], "heldout_error": [], "heldout_loss": []}
-    best_state, best_loss, best_epoch = None, math.inf, 0
+    stopping = EarlyStopping(settings.patience)  # scores: -loss
     bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
                dynamic_ncols=True)
     for epoch in bar:
@@ -319,18 +318,15 @@ def train_ctc_head(feats: Sequence[np.ndarray], targets: Sequence[np.ndarray], n
             error = error_rate(list(zip(heldout_targets, hyps)))
             history["heldout_error"].append(error)
             history["heldout_loss"].append(heldout_loss)
-            if heldout_loss < best_loss:
-                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                best_loss, best_epoch = heldout_loss, epoch
+            stopping.update(epoch, -heldout_loss, head)
         else:
-            best_epoch = epoch
-        bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", heldout=f"{best_loss:.3f}")
-        if heldout_feats and settings.patience and epoch - best_epoch >= settings.patience:
+            stopping.keep_last(epoch)
+        bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", heldout=f"{-stopping.best:.3f}")
+        if stopping.should_stop(epoch):
             break
     bar.close()
-    if best_state is not None:
-        head.load_state_dict(best_state)
-    return TrainedHead(head.eval(), mean, std, len(history["train_loss"]), best_epoch, history)
+    stopping.restore(head)
+    return TrainedHead(head.eval(), mean, std, len(history["train_loss"]), stopping.best_epoch, history)
 
 
 def error_rate(pairs: Sequence[tuple[Sequence, Sequence]]) -> float:

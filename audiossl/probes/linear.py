@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from audiossl.probes.fit import EarlyStopping, cosine_schedule
+
 __all__ = ["ProbeResult", "ProbeSettings", "train_linear_probe"]
 
 EVAL_BATCH = 8192
@@ -197,12 +199,11 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_f
         probe = make_classifier(x.shape[1], num_classes, settings.hidden).to(device)
         optimizer = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         steps_per_epoch = math.ceil(len(x) / settings.batch_size)
-        total = settings.epochs * steps_per_epoch
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+        scheduler = cosine_schedule(optimizer, settings.epochs * steps_per_epoch)
         generator = torch.Generator().manual_seed(settings.seed)
         y_device = y.to(device)
         history: dict[str, list[float]] = {"train_loss": [], "heldout_accuracy": [], "heldout_loss": []}
-        best, best_epoch, best_state = (-1.0, 0.0), 0, None
+        stopping = EarlyStopping(settings.patience, worst=(-1.0, 0.0))  # scores: (accuracy, -loss)
         bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
                    dynamic_ncols=True)
         for epoch in bar:
@@ -218,24 +219,23 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_f
                 scheduler.step()
                 loss_sum += loss.detach()
             history["train_loss"].append(float(loss_sum) / steps_per_epoch)
-            if len(x_held) == 0:  # nothing to choose with: keep the last epoch
-                best_epoch = epoch
+            if len(x_held) == 0:
+                stopping.keep_last(epoch)
                 bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}")
                 continue
             accuracy, heldout_loss = _evaluate(probe, x_held, y_held, mean, std)
             history["heldout_accuracy"].append(accuracy)
             history["heldout_loss"].append(heldout_loss)
-            if (accuracy, -heldout_loss) > best:
-                best, best_epoch = (accuracy, -heldout_loss), epoch
-                best_state = {k: v.detach().clone() for k, v in probe.state_dict().items()}
-            bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", heldout=f"{accuracy:.3f}", best=best_epoch)
-            if settings.patience and epoch - best_epoch >= settings.patience:
+            stopping.update(epoch, (accuracy, -heldout_loss), probe)
+            bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", heldout=f"{accuracy:.3f}",
+                            best=stopping.best_epoch)
+            if stopping.should_stop(epoch):
                 break
         bar.close()
-        if best_state is not None:
-            probe.load_state_dict(best_state)
+        stopping.restore(probe)
 
         train_accuracy, _ = _evaluate(probe, x, y, mean, std)
         test_accuracy, test_loss = _evaluate(probe, x_test, y_test, mean, std)
-        return ProbeResult(x.shape[1], len(x), len(x_held), len(x_test), len(history["train_loss"]), best_epoch,
-                           train_accuracy, best[0] if len(x_held) else None, test_accuracy, test_loss, history)
+        return ProbeResult(x.shape[1], len(x), len(x_held), len(x_test), len(history["train_loss"]),
+                           stopping.best_epoch, train_accuracy, stopping.best[0] if len(x_held) else None,
+                           test_accuracy, test_loss, history)
