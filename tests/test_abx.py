@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from audiossl.cli import main
-from audiossl.probes.abx import (CONDITIONS, ABXSettings, abx_score, dtw_mean_cost, find_items, pair_distances,
-                                 sample_triples)
+from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score, find_items, sample_triples
+from audiossl.probes.dtw import dtw_mean_cost, pair_distances
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

@@ -10,7 +10,8 @@
   folder (``metrics.json``, ``report.txt``, TensorBoard curves).
 - :mod:`~audiossl.probes.classify`: the linear phone and speaker probes over layers and floors.
 - :mod:`~audiossl.probes.abx`, :mod:`~audiossl.probes.abx_groups`: ABX on phone labels and on
-  item files; :mod:`~audiossl.probes.ctc`: CTC phone and subword recognition.
+  item files, both with :mod:`~audiossl.probes.dtw`'s batched DTW distances;
+  :mod:`~audiossl.probes.ctc`: CTC phone and subword recognition.
 - :mod:`~audiossl.probes.discrete`: phone purity, cluster purity, PNMI and one-hot ABX of
   k-means units (:mod:`audiossl.discrete`), beside k-means on the floors.
 """

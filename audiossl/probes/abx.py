@@ -26,11 +26,9 @@ within speakers and across speakers; this module follows them.
   ``max_triples_per_item`` (A, B) pairs are drawn without replacement from all
   admissible ones, with a seeded generator (0: all of them). Libri-light caps
   instead the group sizes (``--max_size_group``, ``--max_x_across``).
-- Distance: frame distances, ``angular`` = arccos(cos)/pi (ABXpy's and
-  Libri-light's ``cosine``, the default) or ``cosine`` = 1 - cos; aligned by
-  DTW (steps right, down, diagonal) and averaged along the best path (the
-  accumulated cost divided by the path's length, as ABXpy's normalized DTW).
-  The DTW runs batched over many pairs at once, one anti-diagonal at a time.
+- Distance: frame distances, ``angular`` = arccos(cos)/pi (the default) or
+  ``cosine`` = 1 - cos, aligned by DTW and averaged along the best path
+  (:mod:`audiossl.probes.dtw`).
 - Score: a triple errs when d(A, X) > d(B, X) and counts half when they are
   equal. Errors are averaged within each cell (A's phone, B's phone, context,
   speaker(s): X's speaker within, (A/B speaker, X speaker) across), then over
@@ -49,6 +47,7 @@ import torch
 
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.probes.baselines import BASELINES
+from audiossl.probes.dtw import DISTANCES, pair_distances
 from audiossl.features import FeatureSet
 from audiossl.probes.runner import (Score, check_label_rate, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
                                     open_layers, score_sets, scores, with_floors)
@@ -61,18 +60,14 @@ __all__ = [
     "abx_probe",
     "average_cells",
     "abx_score",
-    "dtw_mean_cost",
     "find_items",
     "format_abx_report",
-    "pair_distances",
     "sample_triples",
 ]
 
 CONDITIONS = ("within", "across")
 CONTEXTS = ("triphone", "none")
-DISTANCES = ("angular", "cosine")
 SCORES = scores(Score("within", "within-speaker error", True), Score("across", "across-speaker error", True))
-BATCH_ELEMENTS = 1 << 24  # floats per DTW batch, summed over its tensors
 
 
 @dataclass
@@ -248,87 +243,6 @@ def sample_triples(items: Items, condition: str, context: str = "triphone", max_
         block_start = group_start[entry_group[entry]]
         triples.append(np.stack([order[block_start + a], order[block_start + b], owner], axis=1))
     return np.concatenate(triples).astype(np.int64) if triples else np.zeros((0, 3), dtype=np.int64)
-
-
-def dtw_mean_cost(cost: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """DTW of a batch of padded cost matrices: the mean cost along each best path.
-
-    Steps go right, down or diagonally; the best path minimizes the summed
-    cost, and its mean is that sum over the number of cells on the path (on a
-    tie between predecessors the diagonal wins, then the one above). Cells
-    past a matrix's own ``rows x cols`` never influence it.
-
-    Args:
-        cost: (batch, max rows, max cols) frame distances.
-        rows: (batch,) valid rows of each matrix (at least 1).
-        cols: (batch,) valid columns (at least 1).
-
-    Returns:
-        (batch,) mean path costs.
-    """
-    batch, num_rows, num_cols = cost.shape
-    width = num_cols + 1
-    # Accumulated cost and path length on a grid with a border row and column:
-    # acc[0, 0] = 0, the rest of the border is unreachable.
-    acc = cost.new_full((batch, (num_rows + 1) * width), float("inf"))
-    acc[:, 0] = 0.0
-    steps = torch.zeros_like(acc)
-    flat_cost = cost.reshape(batch, -1)
-    for diagonal in range(2, num_rows + num_cols + 1):  # i + j on the 1-based grid
-        i = torch.arange(max(1, diagonal - num_cols), min(num_rows, diagonal - 1) + 1, device=cost.device)
-        j = diagonal - i
-        here = i * width + j
-        before = torch.stack([here - width - 1, here - width, here - 1])  # diagonal, above, left
-        best, which = acc[:, before].min(dim=1)  # (B, cells)
-        acc[:, here] = flat_cost[:, (i - 1) * num_cols + j - 1] + best
-        previous = steps[:, before].gather(1, which.unsqueeze(1)).squeeze(1)
-        steps[:, here] = previous + 1
-    end = rows * width + cols
-    index = torch.arange(batch, device=cost.device)
-    return acc[index, end] / steps[index, end]
-
-
-def pair_distances(frames: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, pairs: torch.Tensor,
-                   distance: str = "angular") -> torch.Tensor:
-    """DTW distances between pairs of items, batched by length.
-
-    Args:
-        frames: (total frames, dim) every item's frames, one after another,
-            each frame of unit norm.
-        offsets: (items,) first frame of each item in ``frames``.
-        lengths: (items,) frames of each item (at least 1).
-        pairs: (pairs, 2) item indices.
-        distance: ``angular`` or ``cosine``.
-
-    Returns:
-        (pairs,) distances.
-    """
-    if distance not in DISTANCES:
-        raise ValueError(f"distance {distance!r} is not one of {', '.join(DISTANCES)}")
-    device = frames.device
-    pairs, offsets, lengths = pairs.to(device), offsets.to(device), lengths.to(device)
-    out = torch.empty(len(pairs), device=device)
-    size = lengths[pairs].amax(dim=1)  # (P,) padded side of each pair's matrix
-    order = torch.argsort(size)
-    sizes = size[order].cpu().numpy()
-    start = 0
-    while start < len(order):
-        side = int(sizes[start])
-        # Pairs of one padded side: as many as the budget allows.
-        stop = int(np.searchsorted(sizes, side, side="right"))
-        stop = min(stop, start + max(1, BATCH_ELEMENTS // (side * side * 3 + 2 * side * frames.shape[1])))
-        index = order[start:stop]
-        first, second = pairs[index, 0], pairs[index, 1]
-        rows, cols = lengths[first], lengths[second]
-        # Frame indices of each item, padded by repeating its last frame.
-        steps = torch.arange(side, device=device)
-        pick_a = offsets[first, None] + torch.minimum(steps, rows[:, None] - 1)  # (B, side)
-        pick_b = offsets[second, None] + torch.minimum(steps, cols[:, None] - 1)
-        similarity = torch.bmm(frames[pick_a], frames[pick_b].transpose(1, 2)).clamp(-1.0, 1.0)  # (B, side, side)
-        cost = torch.acos(similarity) / np.pi if distance == "angular" else 1.0 - similarity
-        out[index] = dtw_mean_cost(cost, rows, cols)
-        start = stop
-    return out
 
 
 def _group_means(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,11 @@
 """ABX on item files with zrc-abx2's sampling and averaging (ZeroSpeech 2021, Libri-light).
 
 Scores features on the items of an item file (:mod:`audiossl.probes.abx_items`)
-with the machinery of :mod:`audiossl.probes.abx` (items, batched DTW, cell
-averaging), reproducing the reference implementation, ``zrc-abx2`` of the
-``zerospeech-libriabx2`` package (a rework of Libri-light's
-``eval/eval_ABX.py``), so error rates can stand beside published ones:
+with the machinery of :mod:`audiossl.probes.abx` (items, cell averaging) and
+:mod:`audiossl.probes.dtw` (batched DTW), reproducing the reference
+implementation, ``zrc-abx2`` of the ``zerospeech-libriabx2`` package (a
+rework of Libri-light's ``eval/eval_ABX.py``), so error rates can stand
+beside published ones:
 
 - Identities: phones, contexts (previous + next phone) and speakers are
   numbered in order of first appearance in the item file, items are taken
@@ -49,9 +50,10 @@ import numpy as np
 import torch
 
 from audiossl.features import FeatureSet
-from audiossl.probes.abx import Items, average_cells, pair_distances
+from audiossl.probes.abx import Items, average_cells
 from audiossl.probes.abx_items import ItemFile, ItemFileError, frame_spans, number, read_item_file
 from audiossl.probes.baselines import BASELINES
+from audiossl.probes.dtw import pair_distances
 from audiossl.probes.runner import Score, feature_sets_with_floors, listing, score_sets, scores
 from audiossl.probes.tasks import ProbeError
 
