@@ -7,9 +7,10 @@ phones without training anything. ZeroSpeech 2017 (Dunbar et al. 2017) and
 Libri-light (Kahn et al. 2020; CPC_audio's ``cpc/eval/eval_ABX.py``) report it
 within speakers and across speakers; this module follows them.
 
-- Items: every run of identical frame labels (one phone occurrence) that is
-  not silence and has a neighbouring run on each side; its left and right
-  phones (silence included) are its context. Its features are the frames of
+- Items (:func:`audiossl.probes.abx_items.find_items`): every run of
+  identical frame labels (one phone occurrence) that is not silence and has
+  a neighbouring run on each side; its left and right phones (silence
+  included) are its context. Its features are the frames of
   the run, widened by ``context_frames`` frames of the neighbours on each
   side (0 by default, as the Libri-light item files, which cut at the phone's
   own boundaries).
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
+from audiossl.probes.abx_items import Items, find_items
 from audiossl.probes.baselines import BASELINES
 from audiossl.probes.dtw import DISTANCES, pair_distances
 from audiossl.features import FeatureSet
@@ -55,12 +57,10 @@ from audiossl.probes.units import silence_class
 
 __all__ = [
     "ABXSettings",
-    "Items",
     "abx_error",
     "abx_probe",
     "average_cells",
     "abx_score",
-    "find_items",
     "format_abx_report",
     "sample_triples",
 ]
@@ -85,61 +85,6 @@ class ABXSettings:
         if self.max_triples_per_item < 0 or self.context_frames < 0:
             raise ValueError(f"ABX settings: max_triples_per_item and context_frames must not be negative, "
                              f"got {self.max_triples_per_item}, {self.context_frames}")
-
-
-@dataclass
-class Items:
-    """Phone occurrences with their neighbours, one entry per item (all (items,) int64)."""
-
-    utterance: np.ndarray  # index into ``ids``
-    start: np.ndarray  # first frame of the phone
-    end: np.ndarray  # one past its last frame
-    centre: np.ndarray  # phone class
-    left: np.ndarray  # the preceding run's class
-    right: np.ndarray  # the following run's class
-    speaker: np.ndarray  # index into ``speakers``
-    ids: list[str]  # utterance ids
-    speakers: list[str]  # speaker names
-
-    def __len__(self) -> int:
-        return len(self.centre)
-
-
-def find_items(labels: Mapping[str, np.ndarray], speakers: Mapping[str, str], silence: int | None = 0) -> Items:
-    """Every non-silence phone run that has a neighbouring run on both sides.
-
-    Args:
-        labels: utterance id -> (frames,) phone classes.
-        speakers: utterance id -> speaker.
-        silence: the class never used as a centre phone (None: none).
-
-    Returns:
-        The items, utterance by utterance in ``labels`` order.
-    """
-    ids = list(labels)
-    names = sorted({speakers[u] for u in ids})
-    speaker_index = {name: i for i, name in enumerate(names)}
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("utterance", "start", "end", "centre", "left", "right",
-                                                             "speaker")}
-    for position, utt_id in enumerate(ids):
-        utt_labels = np.asarray(labels[utt_id], dtype=np.int64)
-        if len(utt_labels) == 0:
-            continue
-        starts = np.flatnonzero(np.r_[True, utt_labels[1:] != utt_labels[:-1]])
-        ends = np.r_[starts[1:], len(utt_labels)]
-        runs = utt_labels[starts]
-        inner = np.arange(1, len(runs) - 1)
-        if silence is not None:
-            inner = inner[runs[inner] != silence]
-        columns["utterance"].append(np.full(len(inner), position))
-        columns["start"].append(starts[inner])
-        columns["end"].append(ends[inner])
-        columns["centre"].append(runs[inner])
-        columns["left"].append(runs[inner - 1])
-        columns["right"].append(runs[inner + 1])
-        columns["speaker"].append(np.full(len(inner), speaker_index[speakers[utt_id]]))
-    arrays = {k: np.concatenate(v).astype(np.int64) if v else np.zeros(0, dtype=np.int64) for k, v in columns.items()}
-    return Items(**arrays, ids=ids, speakers=names)
 
 
 def _context_key(items: Items, context: str) -> np.ndarray:

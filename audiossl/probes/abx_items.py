@@ -1,4 +1,9 @@
-"""Item files: the Libri-light / ZeroSpeech 2021 / zrc-abx2 description of ABX items.
+"""ABX items: phone occurrences cut from frame labels, and item files, the Libri-light / ZeroSpeech 2021 /
+zrc-abx2 description of them.
+
+:func:`find_items` takes the items of the alignment-based ABX
+(:mod:`audiossl.probes.abx`) from frame labels: every non-silence phone run
+with a run on each side, those runs' phones its context.
 
 Libri-light (Kahn et al. 2020, ``eval/eval_ABX.py``), the ZeroSpeech 2021
 phonetic task and its successor ``zrc-abx2`` (the ``zerospeech-libriabx2``
@@ -34,12 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from audiossl.features import atomic_write
-from audiossl.probes.abx import find_items
 
 __all__ = [
     "ITEM_HEADER",
     "ItemFile",
     "ItemFileError",
+    "Items",
+    "find_items",
     "frame_spans",
     "items_from_alignments",
     "number",
@@ -50,6 +56,61 @@ __all__ = [
 
 ITEM_HEADER = "#file onset offset #phone prev-phone next-phone speaker"
 NUM_COLUMNS = 7
+
+
+@dataclass
+class Items:
+    """Phone occurrences with their neighbours, one entry per item (all (items,) int64)."""
+
+    utterance: np.ndarray  # index into ``ids``
+    start: np.ndarray  # first frame of the phone
+    end: np.ndarray  # one past its last frame
+    centre: np.ndarray  # phone class
+    left: np.ndarray  # the preceding run's class
+    right: np.ndarray  # the following run's class
+    speaker: np.ndarray  # index into ``speakers``
+    ids: list[str]  # utterance ids
+    speakers: list[str]  # speaker names
+
+    def __len__(self) -> int:
+        return len(self.centre)
+
+
+def find_items(labels: Mapping[str, np.ndarray], speakers: Mapping[str, str], silence: int | None = 0) -> Items:
+    """Every non-silence phone run that has a neighbouring run on both sides.
+
+    Args:
+        labels: utterance id -> (frames,) phone classes.
+        speakers: utterance id -> speaker.
+        silence: the class never used as a centre phone (None: none).
+
+    Returns:
+        The items, utterance by utterance in ``labels`` order.
+    """
+    ids = list(labels)
+    names = sorted({speakers[u] for u in ids})
+    speaker_index = {name: i for i, name in enumerate(names)}
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("utterance", "start", "end", "centre", "left", "right",
+                                                             "speaker")}
+    for position, utt_id in enumerate(ids):
+        utt_labels = np.asarray(labels[utt_id], dtype=np.int64)
+        if len(utt_labels) == 0:
+            continue
+        starts = np.flatnonzero(np.r_[True, utt_labels[1:] != utt_labels[:-1]])
+        ends = np.r_[starts[1:], len(utt_labels)]
+        runs = utt_labels[starts]
+        inner = np.arange(1, len(runs) - 1)
+        if silence is not None:
+            inner = inner[runs[inner] != silence]
+        columns["utterance"].append(np.full(len(inner), position))
+        columns["start"].append(starts[inner])
+        columns["end"].append(ends[inner])
+        columns["centre"].append(runs[inner])
+        columns["left"].append(runs[inner - 1])
+        columns["right"].append(runs[inner + 1])
+        columns["speaker"].append(np.full(len(inner), speaker_index[speakers[utt_id]]))
+    arrays = {k: np.concatenate(v).astype(np.int64) if v else np.zeros(0, dtype=np.int64) for k, v in columns.items()}
+    return Items(**arrays, ids=ids, speakers=names)
 
 
 class ItemFileError(ValueError):
