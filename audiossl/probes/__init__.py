@@ -11,7 +11,8 @@
 - :mod:`~audiossl.probes.classify`: the linear phone and speaker probes over layers and floors.
 - :mod:`~audiossl.probes.abx`, :mod:`~audiossl.probes.abx_groups`: ABX on phone labels and on
   item files, both with :mod:`~audiossl.probes.dtw`'s batched DTW distances;
-  :mod:`~audiossl.probes.ctc`: CTC phone and subword recognition.
+  :mod:`~audiossl.probes.ctc`: CTC phone and subword recognition, with
+  :mod:`~audiossl.probes.ctc_head`'s head, its training, decoding and error rates.
 - :mod:`~audiossl.probes.discrete`: phone purity, cluster purity, PNMI and one-hot ABX of
   k-means units (:mod:`audiossl.discrete`), beside k-means on the floors.
 """
