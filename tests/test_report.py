@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from audiossl.cli import main
-from audiossl.experiment import read_probe_scores
-from audiossl.report import SECTIONS, linear_confusion, make_report, pca_2d
+from audiossl.report.experiment import read_probe_scores
+from audiossl.report.page import SECTIONS, linear_confusion, make_report, pca_2d
 
 FIGURES = [filename for _, filename, _ in SECTIONS]
 UNIT_FIGURES = {"units_quality.png", "units_utterance.png"}  # need audiossl units fit and probe units
@@ -217,7 +217,7 @@ def test_pca_separates_the_main_direction(dim):
 
 
 def test_spectrogram_axes_are_hertz_and_seconds(tmp_path, monkeypatch):
-    from audiossl import figures
+    from audiossl.report import figures
 
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))

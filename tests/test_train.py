@@ -16,7 +16,7 @@ import yaml
 import audiossl
 from audiossl.checkpoint import load_checkpoint, load_model
 from audiossl.config import Config, build_config
-from audiossl.experiment import read_scalars
+from audiossl.report.experiment import read_scalars
 from audiossl.resume import ResumeError
 from audiossl.train import TRAIN_LOG, Pretrainer, TrainingError, train
 

@@ -1,10 +1,10 @@
 """``audiossl report EXP_DIR``: an experiment's figures and a markdown page showing them.
 
 Reads what ``audiossl train``, ``extract`` and ``probe`` left in an experiment
-folder (:mod:`audiossl.experiment`) and writes ``EXP_DIR/report/``:
-``report.md`` and one PNG per figure (:mod:`audiossl.figures`). A figure whose
-inputs are missing is listed as "not available (missing ...)" instead; nothing
-is required but the folder.
+folder (:mod:`audiossl.report.experiment`) and writes ``EXP_DIR/report/``:
+``report.md`` and one PNG per figure (:mod:`audiossl.report.figures`). A
+figure whose inputs are missing is listed as "not available (missing ...)"
+instead; nothing is required but the folder.
 
 - training curves: TensorBoard scalars ``train/loss``, ``train/lr``, and for
   CPC ``accuracy_per_step/accuracy_k<k>`` and ``mi_bound_per_step/mi_bound_k<k>``
@@ -40,12 +40,13 @@ import numpy as np
 import torch
 import yaml
 
-from audiossl import figures
 from audiossl.audio import read_audio
 from audiossl.data.alignments import labels_for_frames
-from audiossl.experiment import (Labels, LayerFeatures, find_feature_folder, find_labels, find_training_folder,
-                                 load_utterances, per_step_curves, read_probe_scores, read_scalars, read_train_log)
 from audiossl.probes.tasks import LABEL_RATE, default_split
+from audiossl.report import figures
+from audiossl.report.experiment import (Labels, LayerFeatures, find_feature_folder, find_labels,
+                                        find_training_folder, load_utterances, per_step_curves, read_probe_scores,
+                                        read_scalars, read_train_log)
 
 __all__ = ["SECTIONS", "linear_confusion", "make_report", "pca_2d"]
 
