@@ -217,7 +217,7 @@ def test_pca_separates_the_main_direction(dim):
 
 
 def test_spectrogram_axes_are_hertz_and_seconds(tmp_path, monkeypatch):
-    from audiossl.report import figures
+    from audiossl.report import spectrograms as figures
 
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))

@@ -2,7 +2,8 @@
 
 - :mod:`~audiossl.report.experiment`: reading an experiment folder (training scalars, probe
   scores, features, phone labels).
-- :mod:`~audiossl.report.figures`: the figures, plain arrays in, one PNG file out.
+- :mod:`~audiossl.report.figures`: the figures, plain arrays in, one PNG file out;
+  :mod:`~audiossl.report.spectrograms`: those of one utterance over time.
 - :mod:`~audiossl.report.page`: :func:`make_report`, the page and its sections.
 """
 

@@ -43,7 +43,7 @@ import yaml
 from audiossl.audio import read_audio
 from audiossl.data.alignments import labels_for_frames
 from audiossl.probes.tasks import LABEL_RATE, default_split
-from audiossl.report import figures
+from audiossl.report import figures, spectrograms
 from audiossl.report.experiment import (Labels, LayerFeatures, find_feature_folder, find_labels,
                                         find_training_folder, load_utterances, per_step_curves, read_probe_scores,
                                         read_scalars, read_train_log)
@@ -337,9 +337,9 @@ def _utterance(inp: _Inputs, path: Path) -> list[str]:
     utt = inp.utterances[utt_id]
     logmel, seconds = _logmel(utt)
     segments = _segments(labels.alignments[utt_id], labels.phones) if labels and utt_id in labels.alignments else None
-    figures.plot_utterance(path, logmel, LABEL_RATE, x, feats.frame_rate, segments,
-                           title=f"{utt_id} (speaker {utt.speaker}, {seconds:.2f} s)",
-                           feats_label=f"{feats.layer} features", sample_rate=utt.sample_rate)
+    spectrograms.plot_utterance(path, logmel, LABEL_RATE, x, feats.frame_rate, segments,
+                                title=f"{utt_id} (speaker {utt.speaker}, {seconds:.2f} s)",
+                                feats_label=f"{feats.layer} features", sample_rate=utt.sample_rate)
     phones = f"phones from `{labels.folder}`" if segments else "no phone alignment for it"
     return [f"Utterance `{utt_id}` from {inp.corpus}; features of {feats.describe} ({len(x)} frames of "
             f"{x.shape[1]} dims); {phones}.", ""]
@@ -429,9 +429,9 @@ def _units_utterance(inp: _Inputs, path: Path) -> list[str]:
     logmel, seconds = _logmel(utt)
     labels = inp.labels
     segments = _segments(labels.alignments[utt_id], labels.phones) if labels and utt_id in labels.alignments else None
-    figures.plot_units_utterance(path, logmel, LABEL_RATE, units, feats.frame_rate, model.k, segments,
-                                 title=f"{utt_id} (speaker {utt.speaker}, {seconds:.2f} s): {model.k} units",
-                                 sample_rate=utt.sample_rate)
+    spectrograms.plot_units_utterance(path, logmel, LABEL_RATE, units, feats.frame_rate, model.k, segments,
+                                      title=f"{utt_id} (speaker {utt.speaker}, {seconds:.2f} s): {model.k} units",
+                                      sample_rate=utt.sample_rate)
     runs = int(np.count_nonzero(np.diff(units))) + 1 if len(units) else 0
     return [f"Utterance `{utt_id}`: the {model.k} k-means units of `{model.folder}` assigned to {feats.describe} "
             f"({len(units)} frames, {runs} runs of one unit, {len(np.unique(units))} distinct units).", ""]
