@@ -11,7 +11,8 @@ import pytest
 
 from audiossl.cli import main
 from audiossl.report.experiment import read_probe_scores
-from audiossl.report.page import SECTIONS, linear_confusion, make_report, pca_2d
+from audiossl.report.analysis import linear_confusion, pca_2d
+from audiossl.report.page import SECTIONS, make_report
 
 FIGURES = [filename for _, filename, _ in SECTIONS]
 UNIT_FIGURES = {"units_quality.png", "units_utterance.png"}  # need audiossl units fit and probe units

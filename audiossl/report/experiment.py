@@ -13,6 +13,8 @@ A bare ``audiossl train`` folder (checkpoint.pt and tb/ directly inside) is
 read as its own training folder. Phone alignments and split lists are the CPC
 release's files (``converted_aligned_phones.txt``, ``phones.txt``,
 ``train_split.txt``, ``test_split.txt``, see :mod:`audiossl.data.alignments`).
+:class:`PageInputs` finds what the page's figures read once and loads it when
+a figure asks, raising :class:`Unavailable` for what is missing;
 :mod:`audiossl.report` turns all this into figures.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,8 +35,9 @@ from audiossl.data.alignments import load_alignments, load_phone_inventory, load
 from audiossl.data.corpus import Utterance, load_corpus, read_manifest
 from audiossl.extract import FeatureError, FeatureSet
 
-__all__ = ["Labels", "LayerFeatures", "ProbeScore", "find_feature_folder", "find_labels", "find_training_folder",
-           "load_utterances", "per_step_curves", "read_probe_scores", "read_scalars", "read_train_log"]
+__all__ = ["Labels", "LayerFeatures", "PageInputs", "ProbeScore", "Unavailable", "find_feature_folder", "find_labels",
+           "find_training_folder", "load_utterances", "per_step_curves", "read_probe_scores", "read_scalars",
+           "read_train_log"]
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), both (points,)
 # Flat metrics.json keys (one score per file), in order of preference: (key, metric, lower is better).
@@ -271,3 +275,54 @@ def load_utterances(data: str | Path | None, manifest: Path | None,
     if folder is not None:
         return f"`{folder.folder / 'utterances.tsv'}`", folder.utterances
     return "", []
+
+
+class Unavailable(Exception):
+    """A figure's inputs are missing; the message says which."""
+
+
+class PageInputs:
+    """What the page's figures read from an experiment folder, found once and loaded only when a figure asks."""
+
+    def __init__(self, exp_dir: Path, data: str | Path | None, labels: str | Path | None, utterance: str | None,
+                 layer: str, device: torch.device, max_utterances: int):
+        self.exp_dir, self.utterance, self.max_utterances, self.device = exp_dir, utterance, max_utterances, device
+        self.pretrain = find_training_folder(exp_dir)
+        checkpoint = self.pretrain / "checkpoint.pt" if self.pretrain else None
+        checkpoint = checkpoint if checkpoint and checkpoint.is_file() else None
+        folder = find_feature_folder(exp_dir, layer)
+        # audiossl train keeps the manifest of a folder it scanned; the recipe keeps its own beside the run.
+        manifests = [p / "manifest.tsv" for p in (self.pretrain, exp_dir) if p is not None]
+        self.corpus, utterances = load_utterances(data, next((m for m in manifests if m.is_file()), None), folder)
+        self.utterances = {u.id: u for u in utterances}
+        self.features = (LayerFeatures(folder, checkpoint, layer, self.utterances, device)
+                         if folder is not None or checkpoint is not None else None)
+        self._label_dirs = [Path(labels)] if labels else []
+        if data:
+            self._label_dirs.append(Path(data) if Path(data).is_dir() else Path(data).parent)
+        if utterances:
+            root = Path(os.path.commonpath([u.path for u in utterances]))
+            self._label_dirs += [root, *list(root.parents)[:4]]
+        self._labels: Labels | None | bool = False
+
+    @property
+    def labels(self) -> Labels | None:
+        if self._labels is False:
+            self._labels = find_labels(self._label_dirs)
+        return self._labels
+
+    def need_labels(self) -> Labels:
+        if self.labels is None:
+            searched = ", ".join(f"`{d}`" for d in self._label_dirs[:3]) or "no folder (no corpus known)"
+            raise Unavailable(f"missing phone alignments: no converted_aligned_phones.txt in {searched} "
+                              "(pass --labels DIR)")
+        return self.labels
+
+    def need_features(self) -> LayerFeatures:
+        if self.features is None:
+            raise Unavailable("missing model features: no checkpoint.pt and no audiossl extract folder in "
+                              f"`{self.exp_dir}`")
+        return self.features
+
+    def speaker(self, utt_id: str) -> str:
+        return self.utterances[utt_id].speaker

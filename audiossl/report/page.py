@@ -32,7 +32,6 @@ folders above it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,71 +43,11 @@ from audiossl.audio import read_audio
 from audiossl.data.alignments import labels_for_frames
 from audiossl.probes.tasks import LABEL_RATE, default_split
 from audiossl.report import figures, spectrograms
-from audiossl.report.experiment import (Labels, LayerFeatures, find_feature_folder, find_labels,
-                                        find_training_folder, load_utterances, per_step_curves, read_probe_scores,
-                                        read_scalars, read_train_log)
+from audiossl.report.analysis import linear_confusion, pca_2d
+from audiossl.report.experiment import (Labels, LayerFeatures, PageInputs, Unavailable, find_feature_folder,
+                                        per_step_curves, read_probe_scores, read_scalars, read_train_log)
 
-__all__ = ["SECTIONS", "linear_confusion", "make_report", "pca_2d"]
-
-
-class Unavailable(Exception):
-    """A figure's inputs are missing; the message says which."""
-
-
-def linear_confusion(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                     num_classes: int, epochs: int = 30, batch_size: int = 4096, lr: float = 2e-2,
-                     seed: int = 0) -> np.ndarray:
-    """Confusion counts of a linear classifier (multinomial logistic regression) fitted here.
-
-    Features are standardized with the training statistics, the weights start
-    at zero and Adam makes ``epochs`` passes at a constant rate: cheaper than
-    ``audiossl probe`` (:mod:`audiossl.probes.linear`, which returns no
-    predictions), meant for the figure.
-
-    Args:
-        train_x: (examples, dim) features.
-        train_y: (examples,) classes in ``[0, num_classes)``.
-        test_x: (test examples, dim).
-        test_y: (test examples,).
-        num_classes: classes of the classifier.
-
-    Returns:
-        (classes, classes) int64 counts, rows the true class, columns the prediction.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    x, y = torch.from_numpy(train_x).float(), torch.from_numpy(train_y).long()
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-5)
-    x = (x - mean) / std
-    classifier = torch.nn.Linear(x.shape[1], num_classes)
-    torch.nn.init.zeros_(classifier.weight)
-    torch.nn.init.zeros_(classifier.bias)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-    for _ in range(epochs):
-        for index in torch.randperm(len(x), generator=generator).split(batch_size):
-            loss = torch.nn.functional.cross_entropy(classifier(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        predicted = classifier((torch.from_numpy(test_x).float() - mean) / std).argmax(-1).numpy()
-    return np.bincount(test_y * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project (items, dim) vectors, each dimension standardized, on their first two principal components.
-
-    Returns:
-        (items, 2) coordinates and the fraction of variance of each component.
-    """
-    if vectors.ndim != 2 or len(vectors) < 3:
-        raise ValueError(f"need (items >= 3, dim) vectors to project, got {vectors.shape}")
-    x = torch.from_numpy(vectors).double()
-    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-8)
-    u, s, _ = torch.linalg.svd(x, full_matrices=False)
-    if len(s) < 2:  # one dimension: the second axis is flat
-        u, s = torch.cat([u, torch.zeros_like(u)], 1), torch.cat([s, torch.zeros_like(s)])
-    variance = s ** 2
-    return (u[:, :2] * s[:2]).numpy(), (variance[:2] / variance.sum().clamp(min=1e-12)).numpy()
+__all__ = ["SECTIONS", "make_report"]
 
 
 def _spread(ids: Sequence[str], limit: int) -> list[str]:
@@ -134,54 +73,7 @@ def _segments(labels: np.ndarray, names: Sequence[str], rate: float = LABEL_RATE
     return [(s / rate, e / rate, names[labels[s]]) for s, e in zip(starts, ends)]
 
 
-class _Inputs:
-    """What the figures read, found once and loaded only when a figure asks."""
-
-    def __init__(self, exp_dir: Path, data: str | Path | None, labels: str | Path | None, utterance: str | None,
-                 layer: str, device: torch.device, max_utterances: int):
-        self.exp_dir, self.utterance, self.max_utterances, self.device = exp_dir, utterance, max_utterances, device
-        self.pretrain = find_training_folder(exp_dir)
-        checkpoint = self.pretrain / "checkpoint.pt" if self.pretrain else None
-        checkpoint = checkpoint if checkpoint and checkpoint.is_file() else None
-        folder = find_feature_folder(exp_dir, layer)
-        # audiossl train keeps the manifest of a folder it scanned; the recipe keeps its own beside the run.
-        manifests = [p / "manifest.tsv" for p in (self.pretrain, exp_dir) if p is not None]
-        self.corpus, utterances = load_utterances(data, next((m for m in manifests if m.is_file()), None), folder)
-        self.utterances = {u.id: u for u in utterances}
-        self.features = (LayerFeatures(folder, checkpoint, layer, self.utterances, device)
-                         if folder is not None or checkpoint is not None else None)
-        self._label_dirs = [Path(labels)] if labels else []
-        if data:
-            self._label_dirs.append(Path(data) if Path(data).is_dir() else Path(data).parent)
-        if utterances:
-            root = Path(os.path.commonpath([u.path for u in utterances]))
-            self._label_dirs += [root, *list(root.parents)[:4]]
-        self._labels: Labels | None | bool = False
-
-    @property
-    def labels(self) -> Labels | None:
-        if self._labels is False:
-            self._labels = find_labels(self._label_dirs)
-        return self._labels
-
-    def need_labels(self) -> Labels:
-        if self.labels is None:
-            searched = ", ".join(f"`{d}`" for d in self._label_dirs[:3]) or "no folder (no corpus known)"
-            raise Unavailable(f"missing phone alignments: no converted_aligned_phones.txt in {searched} "
-                              "(pass --labels DIR)")
-        return self.labels
-
-    def need_features(self) -> LayerFeatures:
-        if self.features is None:
-            raise Unavailable("missing model features: no checkpoint.pt and no audiossl extract folder in "
-                              f"`{self.exp_dir}`")
-        return self.features
-
-    def speaker(self, utt_id: str) -> str:
-        return self.utterances[utt_id].speaker
-
-
-def _training(inp: _Inputs, path: Path) -> list[str]:
+def _training(inp: PageInputs, path: Path) -> list[str]:
     if inp.pretrain is None:
         raise Unavailable("missing training output: no checkpoint.pt or tb/ in EXP_DIR/pretrain or EXP_DIR")
     tb, log = inp.pretrain / "tb", inp.pretrain / "train_log.tsv"
@@ -212,7 +104,7 @@ def _training(inp: _Inputs, path: Path) -> list[str]:
     return text
 
 
-def _probes(inp: _Inputs, path: Path) -> list[str]:
+def _probes(inp: PageInputs, path: Path) -> list[str]:
     scores, notes = read_probe_scores(inp.exp_dir)
     if not scores:
         raise Unavailable("missing probe results: no EXP_DIR/probe_<kind>_<source>/metrics.json"
@@ -230,7 +122,7 @@ def _probes(inp: _Inputs, path: Path) -> list[str]:
             *_md_table(("probe", *sources, "majority class"), rows), *(f"- {note}" for note in notes), ""]
 
 
-def _stored_confusion(inp: _Inputs) -> tuple[np.ndarray, list[str], str] | None:
+def _stored_confusion(inp: PageInputs) -> tuple[np.ndarray, list[str], str] | None:
     """Confusion counts a phone probe wrote into its metrics.json, if any."""
     for path in sorted(inp.exp_dir.glob("probe_phone*_model/metrics.json")):
         metrics = json.loads(path.read_text())
@@ -250,7 +142,7 @@ def _frames(loaded: dict[str, np.ndarray], labels: Labels, ids: Sequence[str]) -
     return np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
 
 
-def _confusion(inp: _Inputs, path: Path) -> list[str]:
+def _confusion(inp: PageInputs, path: Path) -> list[str]:
     stored = _stored_confusion(inp)
     if stored is not None:
         counts, names, how = stored
@@ -287,7 +179,7 @@ def _confusion(inp: _Inputs, path: Path) -> list[str]:
             *_md_table(("true", "predicted", "frames", "% of the true phone"), rows)]
 
 
-def _speakers(inp: _Inputs, path: Path) -> list[str]:
+def _speakers(inp: PageInputs, path: Path) -> list[str]:
     feats = inp.need_features()
     labels = inp.labels
     split = labels is not None and labels.test_ids is not None
@@ -305,7 +197,7 @@ def _speakers(inp: _Inputs, path: Path) -> list[str]:
             f"explain {100 * explained[0]:.1f} % and {100 * explained[1]:.1f} % of the variance.", ""]
 
 
-def _chosen_utterance(inp: _Inputs) -> str:
+def _chosen_utterance(inp: PageInputs) -> str:
     """The utterance to draw: asked for, else the first of the test split, else of the corpus."""
     if not inp.utterances:
         raise Unavailable("missing the corpus: pass --data, or keep the training folder's manifest.tsv")
@@ -327,7 +219,7 @@ def _logmel(utt) -> tuple[np.ndarray, float]:
     return logmel[0].numpy(), len(wav) / utt.sample_rate
 
 
-def _utterance(inp: _Inputs, path: Path) -> list[str]:
+def _utterance(inp: PageInputs, path: Path) -> list[str]:
     utt_id = _chosen_utterance(inp)
     labels = inp.labels
     feats = inp.need_features()
@@ -358,7 +250,7 @@ def _unit_reports(exp_dir: Path) -> list[tuple[Path, dict]]:
     return sorted(found, key=lambda item: item[1]["k"])
 
 
-def _units(inp: _Inputs, path: Path) -> list[str]:
+def _units(inp: PageInputs, path: Path) -> list[str]:
     found = _unit_reports(inp.exp_dir)
     if not found:
         raise Unavailable("missing units results: no EXP_DIR/probe_units*/metrics.json (audiossl probe units)")
@@ -383,7 +275,7 @@ def _units(inp: _Inputs, path: Path) -> list[str]:
                         "ABX across"), rows)]
 
 
-def _units_utterance(inp: _Inputs, path: Path) -> list[str]:
+def _units_utterance(inp: PageInputs, path: Path) -> list[str]:
     from audiossl.discrete import UnitModel, UnitsError, check_features
     from audiossl.extract import FeatureError, FeatureSet
 
@@ -473,7 +365,7 @@ def make_report(exp_dir: str | Path, out: str | Path | None = None, utterance: s
         raise FileNotFoundError(f"{exp_dir}: no such experiment folder")
     out = Path(out) if out else exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    inp = _Inputs(exp_dir, data, labels, utterance, layer, torch.device(device), max_utterances)
+    inp = PageInputs(exp_dir, data, labels, utterance, layer, torch.device(device), max_utterances)
     lines = [f"# Report: {exp_dir.resolve().name}", "",
              f"Made by `audiossl report` from `{exp_dir}`" + (f"; corpus {inp.corpus}." if inp.corpus else "."), ""]
     outcome = {}
