@@ -221,7 +221,7 @@ def test_spectrogram_axes_are_hertz_and_seconds(tmp_path, monkeypatch):
     from audiossl.report import spectrograms as figures
 
     drawn = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or Path(path))
     logmel = np.random.default_rng(0).standard_normal((250, 80)).astype(np.float32)  # 2.5 s at 100 frames/s
     feats = np.random.default_rng(1).standard_normal((250, 16)).astype(np.float32)
     figures.plot_utterance(tmp_path / "u.png", logmel, 100.0, feats, 100.0, sample_rate=16000)

@@ -21,7 +21,6 @@ utterance over time (spectrograms) are :mod:`audiossl.report.spectrograms`'.
 
 from __future__ import annotations
 
-import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,8 +30,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from audiossl.atomic import atomic_write
+
 __all__ = ["Curve", "order_sources", "plot_confusion", "plot_probe_scores", "plot_projection", "plot_training",
-           "plot_unit_quality"]
+           "plot_unit_quality", "save_figure"]
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), both (points,)
 DPI = 120
@@ -45,18 +46,11 @@ def order_sources(sources) -> list[str]:
     return sorted(sources, key=lambda s: (known.index(s) if s in known else len(known), s))
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    """Render ``fig`` to a PNG at ``path`` (written to a temporary name, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` to a PNG at ``path``, atomically (the package's one way to write a figure)."""
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"), what="figure")
+    return Path(path)
 
 
 def _step_lines(ax, curves: Mapping[int, Curve], label: str) -> None:
@@ -128,7 +122,7 @@ def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None 
     for ax in axes[len(panels):]:
         ax.set_axis_off()
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_probe_scores(path: str | Path, table: Mapping[str, Mapping[str, float]],
@@ -185,7 +179,7 @@ def plot_probe_scores(path: str | Path, table: Mapping[str, Mapping[str, float]]
     names = [s for s in [*sources, "majority class"] if s in handles]
     fig.legend([handles[n] for n in names], names, loc="outside right upper", fontsize="small")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(path: str | Path, counts: np.ndarray, names: Sequence[str], title: str = "phone confusion") -> Path:
@@ -212,7 +206,7 @@ def plot_confusion(path: str | Path, counts: np.ndarray, names: Sequence[str], t
     ax.set_ylabel("true phone")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true phone's frames")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_projection(path: str | Path, points: np.ndarray, speakers: Sequence[str],
@@ -246,7 +240,7 @@ def plot_projection(path: str | Path, points: np.ndarray, speakers: Sequence[str
         ax.legend(title="speaker", fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(f"{title} ({len(points)} utterances, {len(names)} speakers)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_unit_quality(path: str | Path, table: Mapping[int, Mapping[str, Mapping[str, float | None]]],
@@ -294,4 +288,4 @@ def plot_unit_quality(path: str | Path, table: Mapping[int, Mapping[str, Mapping
     fig.legend([handles[s] for s in sources if s in handles], [s for s in sources if s in handles],
                loc="outside right upper", fontsize="small")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

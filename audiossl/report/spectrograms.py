@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from audiossl.report.figures import _save  # the package's one way to write a figure
+from audiossl.report.figures import save_figure
 
 __all__ = ["plot_units_utterance", "plot_utterance"]
 
@@ -89,7 +89,7 @@ def plot_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, fea
         strip.set_ylabel("phones", rotation=0, ha="right", va="center")
         strip.tick_params(labelbottom=False)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_units_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, units: np.ndarray,
@@ -145,4 +145,4 @@ def plot_units_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: floa
         strip.set_ylabel("phones", rotation=0, ha="right", va="center")
         strip.tick_params(labelbottom=False)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
