@@ -42,8 +42,9 @@ import torch
 from tqdm import tqdm
 
 import audiossl
+from audiossl.atomic import atomic_write
 from audiossl.data.alignments import load_split
-from audiossl.features import FeatureSet, atomic_write, source_label
+from audiossl.features import FeatureSet, source_label
 from audiossl.kmeans import KMeansSettings, assign, minibatch_kmeans
 
 __all__ = ["FitSettings", "UnitModel", "UnitsError", "check_features", "fit_units", "sample_frames", "split_ids",

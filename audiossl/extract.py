@@ -53,14 +53,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from audiossl.atomic import remove_stale_temps
+from audiossl.atomic import atomic_write, remove_stale_temps
 from audiossl.audio import AudioError, read_audio
 from audiossl.data.alignments import load_split
 from audiossl.data.corpus import Utterance, load_corpus, write_manifest
 from audiossl.features import (FORMATS, INDEX, INDEX_COLUMNS, META, NPZ_KEY, SOURCES, UTTERANCES, VERSION,
-                               FeatureError, FeatureSet, atomic_write, audio_stamp, feature_path, read_sources,
-                               relative_paths, source_label, stored_frames)
+                               FeatureError, FeatureSet, audio_stamp, feature_path, read_sources, relative_paths,
+                               source_label, stored_frames)
 from audiossl.lock import FolderLock
+from audiossl.models.baselines import build_baseline
 from audiossl.models.model import SSLModel
 
 # FeatureError and FeatureSet are re-exported: probes and reports import them from here.
@@ -115,8 +116,6 @@ def open_source(checkpoint: str | Path | None = None, baseline: str | None = Non
     if (checkpoint is None) == (baseline is None):
         raise FeatureError("extract from a checkpoint or from a baseline: give exactly one")
     if baseline is not None:
-        from audiossl.probes.baselines import build_baseline  # the probes package imports this module
-
         try:
             return build_baseline(baseline, sample_rate), {baseline: "encoder"}, {"baseline": baseline}
         except ValueError as e:
@@ -266,7 +265,7 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
 
     Args:
         model: an :class:`SSLModel` (``audiossl.load_model`` or
-            ``probes.baselines.build_baseline``); it is put in eval mode.
+            ``models.baselines.build_baseline``); it is put in eval mode.
         utterances: what to extract; audio is resampled to the model's rate.
         out_dir: the extraction folder (see the module docstring).
         layers: model layer names, or ``{folder name: model layer}``.

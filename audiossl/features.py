@@ -16,7 +16,7 @@ Layout of an extraction folder ``OUT``::
 ``path`` in the index is relative to the layer folder; ``checkpoint`` is the
 checkpoint's path, or ``baseline:<name>`` for a hand-made feature. Utterance
 ids stay the keys. Every file is written to a temporary name and renamed
-(:func:`atomic_write`); no array lies outside its layer folder
+(:func:`audiossl.atomic.atomic_write`); no array lies outside its layer folder
 (:func:`feature_path` refuses a path with ``..`` or an absolute one).
 """
 
@@ -26,16 +26,14 @@ import csv
 import json
 import os
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
-from typing import BinaryIO
 
 import numpy as np
 
-from audiossl.atomic import atomic_write as _atomic_write
 from audiossl.data.corpus import CorpusError, Utterance, read_manifest
 
-__all__ = ["FeatureError", "FeatureSet", "atomic_write", "audio_stamp", "feature_path", "read_sources",
+__all__ = ["FeatureError", "FeatureSet", "audio_stamp", "feature_path", "read_sources",
            "relative_paths", "source_label", "stored_frames"]
 
 VERSION = 2
@@ -111,11 +109,6 @@ def relative_paths(utterances: Sequence[Utterance], root: str | Path | None = No
                                f"(audio {audio[owner[rel]]} and {path})")
         owner[rel], relative[utt_id] = utt_id, rel
     return relative
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path`` (see :mod:`audiossl.atomic`)."""
-    _atomic_write(path, write, what="file")
 
 
 def audio_stamp(path: str | Path) -> str:

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from audiossl.features import FeatureSet, atomic_write
+from audiossl.atomic import atomic_write
+from audiossl.features import FeatureSet
 
 __all__ = ["FILE_TYPES", "META_FILE", "submission_meta", "write_submission"]
 

@@ -15,7 +15,7 @@ from audiossl.config import build_config
 from audiossl.extract import FeatureError, FeatureSet, extract, forward_chunked, select_utterances
 from audiossl.features import INDEX, INDEX_COLUMNS, feature_path, relative_paths
 from audiossl.models.model import build_model
-from audiossl.probes.baselines import add_deltas, build_baseline
+from audiossl.models.baselines import add_deltas, build_baseline
 
 TINY = {"encoder_channels": 16, "context_dim": 16}
 MODELS = {

@@ -8,7 +8,7 @@ import torch
 
 from audiossl.cli import main
 from audiossl.extract import FeatureSet
-from audiossl.probes.baselines import BASELINES, KaldiMFCCFrontend, build_baseline
+from audiossl.models.baselines import BASELINES, KaldiMFCCFrontend, build_baseline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the machine is shared
 

@@ -16,7 +16,7 @@ from audiossl.cli import main
 from audiossl.discrete import FitSettings, UnitModel, UnitsError, fit_units, sample_frames, utterance_normalized
 from audiossl.extract import FeatureSet, extract, select_utterances
 from audiossl.kmeans import KMeansSettings, assign, kmeans_plusplus, minibatch_kmeans, restart_dead_centres
-from audiossl.probes import build_baseline
+from audiossl.models.baselines import build_baseline
 from audiossl.probes.discrete import contingency, pnmi, unit_quality
 from audiossl.quantized import assign_units, open_onehot, parse_line, read_quantized, write_quantized
 

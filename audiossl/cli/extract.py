@@ -6,7 +6,7 @@ import argparse
 
 from audiossl.cli.options import device_from, layers_from, name_list, print_config
 from audiossl.config import ConfigError
-from audiossl.probes import BASELINES
+from audiossl.models.baselines import BASELINES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ import json
 
 from audiossl.cli.options import add_settings_args, device_from, layers_from, name_list, settings_from
 from audiossl.config import ConfigError, settings_help
-from audiossl.probes import BASELINES
+from audiossl.models.baselines import BASELINES
 
 
 def probe_options(source_required: bool) -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from audiossl.models.frontends import length_mask
+from audiossl.models.lengths import length_mask
 
 
 class ContextNetwork(nn.Module):

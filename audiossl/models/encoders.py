@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audiossl.models.frontends import length_mask
+from audiossl.models.lengths import length_mask
 
 
 class _ShiftedSum(torch.autograd.Function):

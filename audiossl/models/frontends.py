@@ -12,10 +12,7 @@ import torch
 import torchaudio
 from torch import nn
 
-
-def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """(batch, max_len) bool, True at valid positions."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+from audiossl.models.lengths import length_mask
 
 
 class WaveformFrontend(nn.Module):

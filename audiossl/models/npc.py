@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiossl.models.context import ContextNetwork
-from audiossl.models.frontends import length_mask
+from audiossl.models.lengths import length_mask
 
 
 class MaskedConv(nn.Module):

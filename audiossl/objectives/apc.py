@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from audiossl.config import Config, ConfigError, bidirectional
-from audiossl.models.frontends import length_mask
+from audiossl.models.lengths import length_mask
 from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
 
 

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from audiossl.models.frontends import length_mask
+from audiossl.models.lengths import length_mask
 
 
 def sample_candidates(lengths: torch.Tensor, num_frames: int, num_steps: int, num_negatives: int,

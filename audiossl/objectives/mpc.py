@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from audiossl.config import Config, ConfigError, choice
-from audiossl.models.frontends import length_mask
+from audiossl.models.lengths import length_mask
 from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
 
 ZEROED, RANDOM, KEPT = 0, 1, 2  # what happened to a selected frame; -1: not selected

@@ -1,6 +1,7 @@
 """Probes on frozen features, each beside the hand-made floors.
 
-- :mod:`~audiossl.probes.baselines`: MFCC and log-mel as models, the floor.
+The floors themselves (MFCC, log-mel) are models: :mod:`audiossl.models.baselines`.
+
 - :mod:`~audiossl.probes.linear`: the linear classifier and its training.
 - :mod:`~audiossl.probes.fit`: what the trained probes' loops share: the cosine learning-rate
   schedule and early stopping on held-out utterances.
@@ -17,18 +18,15 @@
   k-means units (:mod:`audiossl.discrete`), beside k-means on the floors.
 """
 
-from audiossl.probes.baselines import BASELINES, build_baseline
 from audiossl.probes.linear import ProbeResult, ProbeSettings, train_linear_probe
 from audiossl.probes.classify import format_report, phone_probe, speaker_probe
 from audiossl.probes.runner import probe_features, write_outputs
 from audiossl.probes.tasks import ProbeError
 
 __all__ = [
-    "BASELINES",
     "ProbeError",
     "ProbeResult",
     "ProbeSettings",
-    "build_baseline",
     "format_report",
     "phone_probe",
     "probe_features",

@@ -48,7 +48,7 @@ import torch
 
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.probes.abx_items import Items, find_items
-from audiossl.probes.baselines import BASELINES
+from audiossl.models.baselines import BASELINES
 from audiossl.probes.dtw import DISTANCES, pair_distances
 from audiossl.features import FeatureSet
 from audiossl.probes.runner import (Score, check_label_rate, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,

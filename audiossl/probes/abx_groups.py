@@ -52,7 +52,7 @@ import torch
 from audiossl.features import FeatureSet
 from audiossl.probes.abx import average_cells
 from audiossl.probes.abx_items import Items, ItemFile, ItemFileError, frame_spans, number, read_item_file
-from audiossl.probes.baselines import BASELINES
+from audiossl.models.baselines import BASELINES
 from audiossl.probes.dtw import pair_distances
 from audiossl.probes.runner import Score, feature_sets_with_floors, listing, score_sets, scores
 from audiossl.probes.tasks import ProbeError

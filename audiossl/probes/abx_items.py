@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiossl.features import atomic_write
+from audiossl.atomic import atomic_write
 
 __all__ = [
     "ITEM_HEADER",

@@ -56,7 +56,7 @@ import torch
 
 from audiossl.data.alignments import load_alignments, load_phone_inventory
 from audiossl.extract import FeatureSet
-from audiossl.probes.baselines import BASELINES
+from audiossl.models.baselines import BASELINES
 from audiossl.probes.linear import ProbeSettings, train_linear_probe
 from audiossl.probes.runner import (Score, checked, corpus_audio, listing, open_layers, resolve_split, score_sets,
                                     scores, with_floors)

@@ -45,7 +45,7 @@ import torch
 
 from audiossl.data.alignments import load_alignments, load_phone_inventory
 from audiossl.features import FeatureSet
-from audiossl.probes.baselines import BASELINES
+from audiossl.models.baselines import BASELINES
 from audiossl.probes.ctc_head import HEADS, error_rate, min_ctc_frames, train_ctc_head, transcribe
 from audiossl.probes.runner import (Score, checked, corpus_audio, listing, open_layers, resolve_split, score_sets,
                                     scores, with_floors)

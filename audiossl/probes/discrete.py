@@ -44,7 +44,7 @@ from audiossl.discrete import FIT_IDS, FitSettings, UnitModel, check_features, f
 from audiossl.extract import FeatureSet
 from audiossl.kmeans import KMeansSettings
 from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score
-from audiossl.probes.baselines import BASELINES
+from audiossl.models.baselines import BASELINES
 from audiossl.probes.runner import (Score, check_label_rate, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
                                     score_sets, scores, with_floors)
 from audiossl.probes.tasks import ProbeError

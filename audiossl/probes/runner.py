@@ -38,16 +38,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiossl.atomic import atomic_write
 from audiossl.data.alignments import labels_for_frames, load_split
 from audiossl.data.corpus import Utterance, load_corpus
 from audiossl.extract import FeatureSet, extract, open_source, select_utterances
-from audiossl.features import atomic_write
-from audiossl.probes.baselines import BASELINES, build_baseline
+from audiossl.models.baselines import BASELINES, build_baseline
 from audiossl.probes.tasks import LABEL_RATE, ProbeError, default_split
 
-__all__ = ["Score", "check_label_rate", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors", "labelled_in_every_set",
-           "listing", "open_layers", "probe_features", "resolve_split", "role", "score_sets", "scores", "with_floors",
-           "write_outputs"]
+__all__ = ["Score", "check_label_rate", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors",
+           "labelled_in_every_set", "listing", "open_layers", "probe_features", "resolve_split", "role", "score_sets",
+           "scores", "with_floors", "write_outputs"]
 
 SHOWN_IDS = 5  # missing utterances named in reports
 

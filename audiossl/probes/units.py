@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from audiossl.atomic import atomic_write
 from audiossl.data.alignments import load_phone_inventory
 from audiossl.data.corpus import Utterance
-from audiossl.features import atomic_write
 from audiossl.probes.tasks import ProbeError
 
 __all__ = [

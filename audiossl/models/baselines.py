@@ -42,7 +42,8 @@ from torch import nn
 
 from audiossl.models.context import NoContext
 from audiossl.models.encoders import ConvEncoder
-from audiossl.models.frontends import LogMelFrontend, length_mask
+from audiossl.models.frontends import LogMelFrontend
+from audiossl.models.lengths import length_mask
 from audiossl.models.model import SSLModel
 
 __all__ = ["BASELINES", "KaldiMFCCFrontend", "MFCCFrontend", "add_deltas", "build_baseline"]
