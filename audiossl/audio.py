@@ -19,15 +19,6 @@ class AudioError(ValueError):
     """A file that cannot be used as audio; the message names the file."""
 
 
-def audio_info(path: str | Path) -> tuple[int, int, int]:
-    """(num_frames, sample_rate, channels) from the file header, without decoding."""
-    try:
-        info = soundfile.info(str(path))
-    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, OSError...
-        raise AudioError(f"{path}: cannot read audio header ({_reason(e)})") from None
-    return info.frames, info.samplerate, info.channels
-
-
 def _reason(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[-1] if text else type(e).__name__

@@ -22,7 +22,7 @@ from audiossl.checkpoint import load_checkpoint
 from audiossl.cli import main
 from audiossl.data.alignments import labels_for_frames, load_alignments
 from audiossl.data.corpus import CorpusError, load_corpus, problems_path, read_manifest, scan_corpus
-from audiossl.data.validate import check_alignments, check_audio
+from audiossl.data.validate import check_audio
 from audiossl.data.windows import WindowDataset, collate_windows
 from audiossl.train import Pretrainer
 
@@ -303,13 +303,6 @@ def test_alignment_problems_are_reported_by_id(tmp_path):
     with pytest.raises(ValueError, match="'d' has label 41 at frame 2"):
         load_alignments(path, num_classes=41)
     alignments = load_alignments(path)
-    num_samples = {"a": 800, "b": 800, "c": 800, "d": 800, "e": 800}
-    assert check_alignments(num_samples, alignments, num_classes=41) == [
-        "c: 10 label frames but the audio has 5 (800 samples / 160)",
-        "d: label 41 at frame 2 is outside the phone inventory [0, 41)",
-        "e: no labels in the alignment file",
-    ]
-    assert check_alignments({"a": 800, "b": 960}, alignments, num_classes=41) == []
     with pytest.raises(ValueError, match="utterance 'c': 10 label frames but 5 feature frames"):
         labels_for_frames(alignments["c"], 5, "c")
 

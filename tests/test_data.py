@@ -9,7 +9,7 @@ import pytest
 import soundfile
 import torch
 
-from audiossl.audio import AudioError, audio_info, read_audio
+from audiossl.audio import AudioError, read_audio
 from audiossl.data.corpus import (
     MANIFEST_COLUMNS,
     CorpusError,
@@ -39,7 +39,7 @@ def test_scan_librispeech_layout(tiny_corpus):
         assert u.speaker == speaker
         assert u.path.endswith(f"{speaker}/{chapter}/{u.id}.flac")
         assert u.sample_rate == 16000
-        assert u.num_samples == audio_info(u.path)[0] >= 16000
+        assert u.num_samples == soundfile.info(u.path).frames >= 16000
     assert {u.speaker for u in utterances} == {"19", "26", "103"}
 
 
@@ -129,7 +129,6 @@ def test_stereo_is_mixed_down(tmp_path):
     path = tmp_path / "stereo.wav"
     data = noise(4000, channels=2)
     soundfile.write(str(path), data, 16000, subtype="FLOAT")
-    assert audio_info(path) == (4000, 16000, 2)
     np.testing.assert_allclose(read_audio(path).numpy(), data.mean(axis=1), atol=1e-7)
 
 
@@ -168,8 +167,6 @@ def test_unreadable_audio_names_the_file(tmp_path):
     path.write_bytes(b"\x00" * 100)
     with pytest.raises(AudioError, match="junk.flac"):
         read_audio(path)
-    with pytest.raises(AudioError, match="junk.flac"):
-        audio_info(path)
 
 
 # --- windows and samplers -----------------------------------------------------

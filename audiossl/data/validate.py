@@ -16,10 +16,6 @@ resampled when read (:func:`audiossl.audio.read_audio`). Files shorter than
 the training window are a training-time matter (the window is a config
 value): :class:`audiossl.data.windows.WindowDataset` drops them and the
 training run lists them.
-
-Alignment checks (:func:`check_alignments`) report every utterance whose
-frame labels are missing, out of the phone inventory or of the wrong length,
-by id, instead of stopping at the first.
 """
 
 from __future__ import annotations
@@ -107,40 +103,3 @@ def check_files(paths: Iterable[str | Path], decode: bool = True, progress: bool
     with ThreadPoolExecutor(workers) as pool:
         return list(tqdm(pool.map(lambda p: check_audio(p, decode), paths), total=len(paths), desc=desc,
                          unit="file", disable=not progress, leave=False))
-
-
-def check_alignments(num_samples: dict[str, int], alignments: dict[str, np.ndarray],
-                     num_classes: int | None = None, hop: int = 160, tolerance: int = 2) -> list[str]:
-    """Every alignment problem of a set of utterances, one line per utterance.
-
-    Args:
-        num_samples: utterance id -> length in samples at the labels' rate
-            (16 kHz for the CPC release).
-        alignments: from :func:`audiossl.data.alignments.load_alignments`.
-        num_classes: size of the phone inventory; labels must lie in
-            ``[0, num_classes)``.
-        hop: samples per label frame (160: 10 ms at 16 kHz).
-        tolerance: the frame-count difference that
-            :func:`audiossl.data.alignments.labels_for_frames` absorbs.
-
-    Returns:
-        ``"<id>: <problem>"`` lines, sorted by id; empty when all is well.
-    """
-    problems = []
-    for utt_id in sorted(num_samples):
-        labels = alignments.get(utt_id)
-        if labels is None:
-            problems.append(f"{utt_id}: no labels in the alignment file")
-            continue
-        if num_classes is not None:
-            bad = (labels < 0) | (labels >= num_classes)
-            if bad.any():
-                position = int(np.argmax(bad))
-                problems.append(f"{utt_id}: label {labels[position]} at frame {position} is outside the "
-                                f"phone inventory [0, {num_classes})")
-                continue
-        expected = num_samples[utt_id] // hop
-        if abs(len(labels) - expected) > tolerance:
-            problems.append(f"{utt_id}: {len(labels)} label frames but the audio has {expected} "
-                            f"({num_samples[utt_id]} samples / {hop})")
-    return problems

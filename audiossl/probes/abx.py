@@ -51,8 +51,9 @@ from audiossl.probes.abx_items import Items, find_items
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.dtw import DISTANCES, pair_distances
 from audiossl.features import FeatureSet
-from audiossl.probes.runner import (Score, check_label_rate, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
+from audiossl.probes.runner import (Score, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
                                     open_layers, score_sets, scores, with_floors)
+from audiossl.probes.tasks import check_label_rate
 from audiossl.probes.units import silence_class
 
 __all__ = [

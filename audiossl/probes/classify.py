@@ -54,12 +54,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.data.alignments import load_alignments, load_phone_inventory
 from audiossl.extract import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.linear import ProbeSettings, train_linear_probe
-from audiossl.probes.runner import (Score, checked, corpus_audio, listing, open_layers, resolve_split, score_sets,
-                                    scores, with_floors)
+from audiossl.probes.runner import (Score, corpus_audio, listing, open_layers, phone_labels, resolve_split,
+                                    score_sets, scores, with_floors)
 from audiossl.probes.tasks import ProbeError, heldout_split, phone_examples, speaker_examples
 
 __all__ = ["DEFAULT_SETTINGS", "PUBLISHED", "format_report", "phone_probe", "speaker_probe"]
@@ -147,12 +146,7 @@ def phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequen
     features_dir, device = Path(features_dir), torch.device(device)
     settings = settings or DEFAULT_SETTINGS["phone"]
     layer_sets = open_layers(features_dir, layers)
-    num_classes = len(checked(load_phone_inventory, phones)) if phones is not None else None
-    labels = checked(load_alignments, alignments, num_classes)
-    if not labels:
-        raise ProbeError(f"{alignments}: no alignments")
-    if num_classes is None:
-        num_classes = 1 + max(int(l.max()) for l in labels.values())
+    labels, num_classes = phone_labels(alignments, phones)
     train_ids, test_ids = resolve_split(layer_sets[0], train_split, test_split, usable=labels)
     labelled = [u for u in train_ids + test_ids if u in labels]
     sets = with_floors(layer_sets, baselines, labelled, device, num_workers, progress,

@@ -43,12 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.data.alignments import load_alignments, load_phone_inventory
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.ctc_head import HEADS, error_rate, min_ctc_frames, train_ctc_head, transcribe
-from audiossl.probes.runner import (Score, checked, corpus_audio, listing, open_layers, resolve_split, score_sets,
-                                    scores, with_floors)
+from audiossl.probes.runner import (Score, corpus_audio, listing, open_layers, phone_labels, resolve_split,
+                                    score_sets, scores, with_floors)
 from audiossl.probes.tasks import ProbeError, heldout_split
 from audiossl.probes.units import (load_transcripts, normalize_text, phone_sequence, silence_class, train_units,
                                    transcripts_for)
@@ -151,11 +150,7 @@ def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Se
     """
     settings, device = settings or CTCSettings(), torch.device(device)
     layer_sets = open_layers(features_dir, layers)
-    num_phones = len(checked(load_phone_inventory, phones)) if phones is not None else None
-    labels = checked(load_alignments, alignments, num_phones)
-    if not labels:
-        raise ProbeError(f"{alignments}: no alignments")
-    num_phones = num_phones or 1 + max(int(l.max()) for l in labels.values())
+    labels, num_phones = phone_labels(alignments, phones)
     silence = None if keep_silence else silence_class(phones)
     train_ids, test_ids = resolve_split(layer_sets[0], train_split, test_split, usable=labels)
     unlabelled = [u for u in train_ids + test_ids if u not in labels]

@@ -39,15 +39,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
+from audiossl.data.alignments import load_split
 from audiossl.discrete import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
 from audiossl.extract import FeatureSet
 from audiossl.kmeans import KMeansSettings
 from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.runner import (Score, check_label_rate, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
-                                    score_sets, scores, with_floors)
-from audiossl.probes.tasks import ProbeError
+from audiossl.probes.runner import (Score, checked, corpus_audio, dropped_lines, labelled_in_every_set,
+                                    listing, phone_labels, score_sets, scores, with_floors)
+from audiossl.probes.tasks import check_label_rate
 from audiossl.probes.units import silence_class
 
 __all__ = ["contingency", "format_units_report", "pnmi", "unit_quality", "units_probe"]
@@ -148,11 +148,7 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
     model = UnitModel(units_dir)
     reference = FeatureSet(Path(features_dir) / model.layer)
     check_features(model, reference)
-    num_classes = len(checked(load_phone_inventory, phones)) if phones is not None else None
-    labels = checked(load_alignments, alignments, num_classes)
-    if not labels:
-        raise ProbeError(f"{alignments}: no alignments")
-    num_classes = num_classes or 1 + max(int(l.max()) for l in labels.values())
+    labels, num_classes = phone_labels(alignments, phones)
     silence = silence_class(phones)
     listed = checked(load_split, split) if split is not None else list(reference.num_frames)
     unlabelled = [u for u in listed if u not in labels]

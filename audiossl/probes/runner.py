@@ -39,14 +39,14 @@ import numpy as np
 import torch
 
 from audiossl.atomic import atomic_write
-from audiossl.data.alignments import labels_for_frames, load_split
+from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
 from audiossl.data.corpus import Utterance, load_corpus
 from audiossl.extract import FeatureSet, extract, open_source, select_utterances
 from audiossl.models.baselines import BASELINES, build_baseline
-from audiossl.probes.tasks import LABEL_RATE, ProbeError, default_split
+from audiossl.probes.tasks import ProbeError, default_split
 
-__all__ = ["Score", "check_label_rate", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors",
-           "labelled_in_every_set", "listing", "open_layers", "probe_features", "resolve_split", "role", "score_sets",
+__all__ = ["Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors",
+           "labelled_in_every_set", "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "score_sets",
            "scores", "with_floors", "write_outputs"]
 
 SHOWN_IDS = 5  # missing utterances named in reports
@@ -66,6 +66,16 @@ def checked(loader, *args):
         return loader(*args)
     except ValueError as e:
         raise ProbeError(str(e)) from None
+
+
+def phone_labels(alignments: str | Path, phones: str | Path | None) -> tuple[dict[str, np.ndarray], int]:
+    """Frame phone labels and the number of phone classes: the inventory's size (labels beyond it refused),
+    else the largest label + 1."""
+    num_classes = len(checked(load_phone_inventory, phones)) if phones is not None else None
+    labels = checked(load_alignments, alignments, num_classes)
+    if not labels:
+        raise ProbeError(f"{alignments}: no alignments")
+    return labels, num_classes or 1 + max(int(l.max()) for l in labels.values())
 
 
 def listing(ids: Sequence[str]) -> dict:
@@ -187,14 +197,6 @@ def feature_sets_with_floors(features_dir: str | Path, layers: Sequence[str], ba
     """
     return with_floors(open_layers(features_dir, layers), baselines, ids, device, num_workers, progress,
                        corpus_audio(data, ids, progress))
-
-
-def check_label_rate(sets: Sequence[FeatureSet], why: str) -> None:
-    """Refuse features not at the phone labels' 100 frames a second; ``why`` ends the message."""
-    for features in sets:
-        if abs(features.frame_rate - LABEL_RATE) > 1e-6:
-            raise ProbeError(f"{features.folder}: features at {features.frame_rate:g} frames/s; {why} at "
-                             f"{LABEL_RATE:g} per second")
 
 
 def labelled_in_every_set(sets: Sequence[FeatureSet], labels: Mapping[str, np.ndarray], listed: Sequence[str],

@@ -29,8 +29,8 @@ import numpy as np
 from audiossl.data.alignments import labels_for_frames
 from audiossl.extract import FeatureSet
 
-__all__ = ["LABEL_RATE", "POOLS", "ProbeError", "default_split", "heldout_split", "phone_examples", "require_features",
-           "speaker_examples"]
+__all__ = ["LABEL_RATE", "POOLS", "ProbeError", "check_label_rate", "default_split", "heldout_split", "phone_examples",
+           "require_features", "speaker_examples"]
 
 POOLS = ("mean", "last")
 LABEL_RATE = 100.0  # phone labels per second (10 ms frames)
@@ -77,6 +77,14 @@ def heldout_split(train_ids: Sequence[str], fraction: float = 0.1, seed: int = 1
             [u for i, u in enumerate(train_ids) if i in chosen])
 
 
+def check_label_rate(sets: Sequence[FeatureSet], why: str) -> None:
+    """Refuse features not at the phone labels' 100 frames a second; ``why`` ends the message."""
+    for features in sets:
+        if abs(features.frame_rate - LABEL_RATE) > 1e-6:
+            raise ProbeError(f"{features.folder}: features at {features.frame_rate:g} frames/s; {why} at "
+                             f"{LABEL_RATE:g} per second")
+
+
 def require_features(features: FeatureSet, ids: Sequence[str], what: str = "listed") -> None:
     """Raise a :class:`ProbeError` naming the ``ids`` that ``features`` lacks."""
     missing = [utt_id for utt_id in ids if utt_id not in features.num_frames]
@@ -98,9 +106,7 @@ def phone_examples(features: FeatureSet, alignments: dict[str, np.ndarray], ids:
     Returns:
         (frames, dim) features in their stored dtype and (frames,) int64 labels.
     """
-    if abs(features.frame_rate - LABEL_RATE) > 1e-6:
-        raise ProbeError(f"{features.folder}: features at {features.frame_rate:g} frames/s; phone labels "
-                         f"are at {LABEL_RATE:g} (one per 10 ms)")
+    check_label_rate([features], "phone labels are")
     require_features(features, ids, what)
     unlabelled = [utt_id for utt_id in ids if utt_id not in alignments]
     if unlabelled:
