@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -330,6 +331,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"encoder_envelope_pool must be an odd number of frames, got {m.encoder_envelope_pool}")
     choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
     choice("decay", t.decay, ("cosine", "linear", "constant"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):
+        raise ConfigError(f"config key 'device': {t.device!r} is not one of auto, cpu, cuda, cuda:N")
     choice("precision", t.precision, ("auto", "fp32", "bf16"))
     if not (len(m.encoder_kernels) == len(m.encoder_strides) == len(m.encoder_paddings)):
         raise ConfigError("encoder_kernels, encoder_strides and encoder_paddings need the same length")

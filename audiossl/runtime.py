@@ -51,9 +51,19 @@ def setup_distributed(device_spec: str) -> Distributed:
 
 
 def choose_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (this rank's GPU, else the CPU), ``cpu``, ``cuda`` (this rank's) or ``cuda:N``.
+
+    Raises:
+        TrainingError: for any other name, or CUDA where there is none.
+    """
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise TrainingError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"device {spec!r} asked for, but CUDA is not available")
     if device.type == "cuda" and device.index is None:

@@ -87,6 +87,9 @@ def test_bench_times_the_data_loader(tiny_overrides, tmp_path, capsys, one_threa
     (["train", "--exp-dir", "{tmp}/exp", "--config", "{tmp}/missing.yaml"], "missing.yaml"),
     (["bench", "cpc_steps=many"], "cpc_steps"),
     (["bench", "--data", "{tmp}/nowhere"], "nowhere"),
+    (["train", "--exp-dir", "{tmp}/exp", "device=tpu"], "'tpu' is not one of auto, cpu, cuda, cuda:N"),
+    (["extract", "--baseline", "mfcc", "--data", "{tmp}", "--out", "{tmp}/f", "--device", "tpu"],
+     "'tpu' is not one of auto, cpu, cuda, cuda:N"),
 ])
 def test_user_errors_are_one_line(argv, needle, tiny_corpus, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path) for a in argv]
