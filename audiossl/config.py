@@ -98,7 +98,8 @@ def objective_section() -> type:
         fields = [("objective", str, field(default="cpc"))]  # cpc | apc | mpc | npc: a key of OBJECTIVES
         for objective in OBJECTIVES.values():
             hints = typing.get_type_hints(objective.Settings)
-            fields += [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(objective.Settings)]
+            fields += [(f.name, hints[f.name], field(default=f.default))
+                       for f in dataclasses.fields(objective.Settings)]
         _objective_section = dataclasses.make_dataclass("ObjectiveConfig", fields)
     return _objective_section
 

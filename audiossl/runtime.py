@@ -43,7 +43,8 @@ def setup_distributed(device_spec: str) -> Distributed:
     """Join the process group when launched by torchrun (``RANK`` is set)."""
     if "RANK" not in os.environ:
         return Distributed()
-    dist_info = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    dist_info = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                            int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and device_spec != "cpu"
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

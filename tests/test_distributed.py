@@ -70,7 +70,8 @@ def torchrun(harness: Path, corpus: Path, exp_dir: Path, settings: dict) -> subp
                str(harness), "train", "--data", str(corpus), "--exp-dir", str(exp_dir), "--no-progress",
                *(f"{k}={v}" for k, v in settings.items())]
     env = package_env(OMP_NUM_THREADS="1")
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)  # minutes when the cores are busy
+    # 11 s on idle cores, minutes when another job holds them
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "same_speaker"])

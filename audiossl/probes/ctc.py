@@ -163,8 +163,8 @@ def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Se
         return {"per": error_rate([(targets[u], h) for u, h in zip(ids, hyps)])}
 
     report = _run("ctc-phone", sets, train_ids, test_ids, targets, num_phones + 1, score, settings, device, progress)
-    return {**report, "scores": scores(Score("per", "PER", True)), "metrics": ["per"], "unit": "phone", "num_units": num_phones - (silence is not None),
-            "silence": silence, "unlabelled": listing(unlabelled)}
+    return {**report, "scores": scores(Score("per", "PER", True)), "metrics": ["per"], "unit": "phone",
+            "num_units": num_phones - (silence is not None), "silence": silence, "unlabelled": listing(unlabelled)}
 
 
 def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: Sequence[str] = ("context",),

@@ -45,8 +45,8 @@ from audiossl.extract import FeatureSet, extract, open_source, select_utterances
 from audiossl.models.baselines import BASELINES, build_baseline
 from audiossl.probes.tasks import ProbeError, default_split
 
-__all__ = ["Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors",
-           "labelled_in_every_set", "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "score_sets",
+__all__ = ["Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors", "labelled_in_every_set",
+           "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "score_sets",
            "scores", "with_floors", "write_outputs"]
 
 SHOWN_IDS = 5  # missing utterances named in reports
