@@ -85,26 +85,21 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (autocast on any device)
 
 
+@functools.cache
 def objective_section() -> type:
     """The ``objective`` section's class: ``objective`` (which one trains) and the settings of every
     objective in :data:`audiossl.objectives.OBJECTIVES`, each owner's fields in registry order.
 
     Built on first use: the objectives import this module.
     """
-    global _objective_section
-    if _objective_section is None:
-        from audiossl.objectives import OBJECTIVES
+    from audiossl.objectives import OBJECTIVES
 
-        fields = [("objective", str, field(default="cpc"))]  # cpc | apc | mpc | npc: a key of OBJECTIVES
-        for objective in OBJECTIVES.values():
-            hints = typing.get_type_hints(objective.Settings)
-            fields += [(f.name, hints[f.name], field(default=f.default))
-                       for f in dataclasses.fields(objective.Settings)]
-        _objective_section = dataclasses.make_dataclass("ObjectiveConfig", fields)
-    return _objective_section
-
-
-_objective_section = None
+    fields = [("objective", str, field(default="cpc"))]  # cpc | apc | mpc | npc: a key of OBJECTIVES
+    for objective in OBJECTIVES.values():
+        hints = typing.get_type_hints(objective.Settings)
+        fields += [(f.name, hints[f.name], field(default=f.default))
+                   for f in dataclasses.fields(objective.Settings)]
+    return dataclasses.make_dataclass("ObjectiveConfig", fields)
 
 
 def sections() -> dict[str, type]:

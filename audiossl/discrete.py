@@ -48,7 +48,7 @@ from audiossl.features import FeatureSet, source_label
 from audiossl.kmeans import KMeansSettings, assign, minibatch_kmeans
 
 __all__ = ["FitSettings", "UnitModel", "UnitsError", "check_features", "fit_units", "sample_frames", "split_ids",
-           "utterance_normalized"]
+           "standardize_mode", "utterance_normalized"]
 
 MODEL_VERSION = 1
 MODEL_RECORD = "kmeans.json"
@@ -62,6 +62,16 @@ class UnitsError(ValueError):
     """A units model or assignment that cannot be made or used; the message names the file or folder."""
 
 
+def standardize_mode(value: str | bool) -> str:
+    """One of ``STANDARDIZE``; True / False (what models fitted before the per-utterance choice recorded) read as
+    global / none."""
+    if isinstance(value, bool):
+        return "global" if value else "none"
+    if value not in STANDARDIZE:
+        raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {value!r}")
+    return value
+
+
 @dataclass
 class FitSettings:
     kmeans: KMeansSettings = field(default_factory=KMeansSettings)  # k, batch size, epochs, seed ...
@@ -72,10 +82,7 @@ class FitSettings:
     standardize: str = "utterance"
 
     def __post_init__(self) -> None:
-        if isinstance(self.standardize, bool):  # what models fitted before the per-utterance choice recorded
-            self.standardize = "global" if self.standardize else "none"
-        if self.standardize not in STANDARDIZE:
-            raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
+        self.standardize = standardize_mode(self.standardize)
         if self.max_frames < 0:
             raise ValueError(f"max_frames must not be negative, got {self.max_frames}")
 
@@ -123,7 +130,7 @@ class UnitModel:
         if self.centroids.shape != expected or (self.mean is not None and self.mean.shape != expected[1:]):
             raise UnitsError(f"{arrays_path}: centroids of shape {self.centroids.shape}, {MODEL_RECORD} says "
                              f"{expected}")
-        self.standardize = FitSettings(standardize=self.record["settings"]["standardize"]).standardize
+        self.standardize = standardize_mode(self.record["settings"]["standardize"])
         self.digest = _digest(arrays_path)
         self._on: dict[str, torch.Tensor] = {}
 
@@ -188,9 +195,11 @@ def utterance_normalized(feats: np.ndarray) -> np.ndarray:
     """(frames, dim) features with every dimension at zero mean and unit variance over the utterance (float32;
     a dimension more constant than ``MIN_STD`` is only centred)."""
     feats = np.asarray(feats, dtype=np.float64)
-    std = feats.std(0) if len(feats) else np.ones(feats.shape[1])
+    if not len(feats):
+        return feats.astype(np.float32)
+    std = feats.std(0)
     std[std < MIN_STD] = 1.0
-    return ((feats - feats.mean(0)) / std).astype(np.float32) if len(feats) else feats.astype(np.float32)
+    return ((feats - feats.mean(0)) / std).astype(np.float32)
 
 
 def sample_frames(features: FeatureSet, ids: Sequence[str], max_frames: int, seed: int,
@@ -271,8 +280,8 @@ def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context",
     wanted = _settings_record(features, split, settings)
     if (out / MODEL_RECORD).is_file():
         old = json.loads((out / MODEL_RECORD).read_text()).get("settings", {})
-        if "standardize" in old:  # True / False in a model fitted before the per-utterance choice
-            old["standardize"] = FitSettings(standardize=old["standardize"]).standardize
+        if "standardize" in old:
+            old["standardize"] = standardize_mode(old["standardize"])
         differ = sorted(key for key in set(old) | set(wanted) if old.get(key) != wanted.get(key))
         if differ:
             raise UnitsError(f"{out} holds a units model fitted with other settings ({', '.join(differ)}); "

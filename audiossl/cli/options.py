@@ -7,7 +7,7 @@ import argparse
 
 import yaml
 
-from audiossl.config import ConfigError, build_config, parse_overrides
+from audiossl.config import ConfigError, build_config, build_settings, parse_overrides
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -24,8 +24,6 @@ def add_settings_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def settings_from(args: argparse.Namespace, cls: type, base=None, what: str = "setting"):
     """The settings dataclass ``cls`` from ``--config`` and the ``key=value`` items."""
-    from audiossl.config import build_settings
-
     return build_settings(cls, args.config, parse_overrides(args.overrides), base, what)
 
 

@@ -38,6 +38,16 @@ def probe_options(source_required: bool) -> argparse.ArgumentParser:
     return shared
 
 
+def trained_probe_options(what: str) -> argparse.ArgumentParser:
+    """What the probes that train a head share: the two split files and the head's settings."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
+    shared.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
+                        "every fifth utterance of each speaker is held out")
+    add_settings_args(shared, what)
+    return shared
+
+
 def floors(args: argparse.Namespace) -> list[str]:
     """The floors probed beside the source: a hand-made feature probed as the source is its own floor."""
     if (args.ckpt or args.baseline) and not args.data:
@@ -66,12 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     from audiossl.probes.linear import ProbeSettings
 
     shared = probe_options(source_required=True)
-    # The linear probes' splits and training settings; abx and the CTC probes have their own.
-    fit = argparse.ArgumentParser(add_help=False)
-    fit.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
-    fit.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
-                     "every fifth utterance of each speaker is held out")
-    add_settings_args(fit, "linear probe")
+    fit = trained_probe_options("linear probe")
     t = tasks.add_parser("phone", parents=[shared, fit], help="phone class per 10 ms frame",
                          epilog="settings (audiossl.probes.linear.ProbeSettings): "
                          + settings_help(ProbeSettings, DEFAULT_SETTINGS["phone"]))

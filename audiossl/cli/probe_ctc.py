@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import json
 
-from audiossl.cli.options import add_settings_args, device_from, layers_from, settings_from
-from audiossl.cli.probe import floors, probe_options, show
+from audiossl.cli.options import device_from, layers_from, settings_from
+from audiossl.cli.probe import floors, probe_options, show, trained_probe_options
 from audiossl.config import settings_help
 
 
@@ -15,11 +15,7 @@ def add_parser(tasks: argparse._SubParsersAction) -> None:
     from audiossl.probes.ctc import DEFAULT_LR, CTCSettings
 
     shared = probe_options(source_required=True)
-    ctc = argparse.ArgumentParser(add_help=False)
-    ctc.add_argument("--train-split", help="training utterance ids (CPC's train_split.txt)")
-    ctc.add_argument("--test-split", help="test utterance ids (CPC's test_split.txt); without both splits "
-                     "every fifth utterance of each speaker is held out")
-    add_settings_args(ctc, "CTC head")
+    ctc = trained_probe_options("CTC head")
     epilog = (f"settings (audiossl.probes.ctc.CTCSettings): {settings_help(CTCSettings)}; lr None: "
               + ", ".join(f"{head} {lr:g}" for head, lr in DEFAULT_LR.items()))
     t = tasks.add_parser("ctc-phone", parents=[shared, ctc], help="CTC phone recognition; phone error rate",

@@ -52,7 +52,7 @@ from audiossl.models.baselines import BASELINES
 from audiossl.probes.dtw import DISTANCES, pair_distances
 from audiossl.features import FeatureSet
 from audiossl.probes.runner import (Score, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
-                                    open_layers, score_sets, scores, with_floors)
+                                    open_layers, row_name, score_sets, scores, with_floors)
 from audiossl.probes.tasks import check_label_rate
 from audiossl.probes.units import silence_class
 
@@ -365,7 +365,7 @@ def format_abx_report(report: dict) -> str:
              f"{'features':<16}{'dim':>5}{'within':>9}{'across':>9}{'items':>8}{'triples (within / across)':>28}"
              f"{'seconds':>9}"]
     for row in report["results"]:
-        name = row["features"] + (" (floor)" if row["role"] == "baseline" else "")
+        name = row_name(row)
         errors = "".join(f"{row[c]:>9.1%}" if row[c] is not None else f"{'n/a':>9}" for c in CONDITIONS)
         counts = f"{row['conditions']['within']['num_triples']:,} / {row['conditions']['across']['num_triples']:,}"
         lines.append(f"{name:<16}{row['dim']:>5}{errors}{row['num_items']:>8,}{counts:>28}{row['seconds']:>9.1f}")

@@ -54,7 +54,7 @@ from audiossl.probes.abx import average_cells
 from audiossl.probes.abx_items import Items, ItemFile, ItemFileError, frame_spans, number, read_item_file
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.dtw import pair_distances
-from audiossl.probes.runner import Score, feature_sets_with_floors, listing, score_sets, scores
+from audiossl.probes.runner import Score, feature_sets_with_floors, listing, row_name, score_sets, scores
 from audiossl.probes.tasks import ProbeError
 
 __all__ = [
@@ -381,7 +381,7 @@ def format_item_report(report: dict) -> str:
              f"items per group, {settings['max_x_across']} X speakers across, seed {settings['seed']}",
              f"{'features':<16}{'dim':>5}" + "".join(f"{c:>15}" for c in conditions) + f"{'items':>9}{'seconds':>9}"]
     for row in report["results"]:
-        name = row["features"] + (" (floor)" if row["role"] == "baseline" else "")
+        name = row_name(row)
         errors = "".join(f"{row['conditions'][c]['error']:>15.2%}" if row["conditions"][c]["error"] is not None
                          else f"{'n/a':>15}" for c in conditions)
         lines.append(f"{name:<16}{row['dim']:>5}{errors}{row['num_items']:>9,}{row['seconds']:>9.1f}")

@@ -57,7 +57,7 @@ import torch
 from audiossl.extract import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.linear import ProbeSettings, train_linear_probe
-from audiossl.probes.runner import (Score, corpus_audio, listing, open_layers, phone_labels, resolve_split,
+from audiossl.probes.runner import (Score, corpus_audio, listing, open_layers, phone_labels, resolve_split, row_name,
                                     score_sets, scores, with_floors)
 from audiossl.probes.tasks import ProbeError, heldout_split, phone_examples, speaker_examples
 
@@ -206,7 +206,7 @@ def format_report(report: dict) -> str:
              f"{'features':<16}{'dim':>5}{'train acc':>11}{'held-out':>10}{'test acc':>10}{'chance':>8}"
              f"{'epoch':>8}   examples (train / held-out / test)"]
     for row in report["results"]:
-        name = row["features"] + (" (floor)" if row["role"] == "baseline" else "")
+        name = row_name(row)
         heldout = f"{row['heldout_accuracy']:>9.1%}" if row["heldout_accuracy"] is not None else f"{'-':>9}"
         epoch = f"{row['best_epoch']}/{row['epochs']}"
         lines.append(f"{name:<16}{row['dim']:>5}{row['train_accuracy']:>10.1%} {heldout}{row['accuracy']:>10.1%}"

@@ -46,7 +46,7 @@ import torch
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.ctc_head import HEADS, error_rate, min_ctc_frames, train_ctc_head, transcribe
-from audiossl.probes.runner import (Score, corpus_audio, listing, open_layers, phone_labels, resolve_split,
+from audiossl.probes.runner import (Score, corpus_audio, listing, open_layers, phone_labels, resolve_split, row_name,
                                     score_sets, scores, with_floors)
 from audiossl.probes.tasks import ProbeError, heldout_split
 from audiossl.probes.units import (load_transcripts, normalize_text, phone_sequence, silence_class, train_units,
@@ -234,7 +234,7 @@ def format_ctc_report(report: dict) -> str:
              f"{'features':<16}{'dim':>5}" + "".join(f"{m.upper():>8}" for m in metrics)
              + f"{'train loss':>12}{'test loss':>11}{'epoch':>8}{'seconds':>9}"]
     for row in report["results"]:
-        name = row["features"] + (" (floor)" if row["role"] == "baseline" else "")
+        name = row_name(row)
         lines.append(f"{name:<16}{row['dim']:>5}" + "".join(f"{row[m]:>8.1%}" for m in metrics)
                      + f"{row['train_loss']:>12.3f}{row['test_loss']:>11.3f}"
                      f"{str(row['best_epoch']) + '/' + str(row['epochs']):>8}{row['seconds']:>9.1f}")

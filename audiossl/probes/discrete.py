@@ -45,8 +45,8 @@ from audiossl.extract import FeatureSet
 from audiossl.kmeans import KMeansSettings
 from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.runner import (Score, checked, corpus_audio, dropped_lines, labelled_in_every_set,
-                                    listing, phone_labels, score_sets, scores, with_floors)
+from audiossl.probes.runner import (Score, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
+                                    phone_labels, row_name, score_sets, scores, with_floors)
 from audiossl.probes.tasks import check_label_rate
 from audiossl.probes.units import silence_class
 
@@ -197,7 +197,7 @@ def format_units_report(report: dict) -> str:
              f"{'features':<16}{'units used':>11}{'phone pur.':>12}{'cluster pur.':>14}{'PNMI':>8}"
              f"{'ABX within':>12}{'across':>9}{'seconds':>9}"]
     for row in report["results"]:
-        name = row["features"] + (" (floor)" if row["role"] == "baseline" else "")
+        name = row_name(row)
         errors = "".join(f"{row[c]:>{w}.1%}" if row[c] is not None else f"{'n/a':>{w}}"
                          for c, w in (("within", 12), ("across", 9)))
         lines.append(f"{name:<16}{row['units_used']:>11}{row['phone_purity']:>12.1%}{row['cluster_purity']:>14.1%}"

@@ -46,7 +46,7 @@ from audiossl.models.baselines import BASELINES, build_baseline
 from audiossl.probes.tasks import ProbeError, default_split
 
 __all__ = ["Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors", "labelled_in_every_set",
-           "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "score_sets",
+           "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "row_name", "score_sets",
            "scores", "with_floors", "write_outputs"]
 
 SHOWN_IDS = 5  # missing utterances named in reports
@@ -87,6 +87,11 @@ def dropped_lines(dropped: Mapping[str, dict]) -> list[str]:
     """Report lines for ``{why: listing(ids)}``: the utterances a probe left out, and why."""
     return [f"dropped: {ids['count']} utterance(s) without {why}, e.g. {', '.join(ids['ids'])}"
             for why, ids in dropped.items() if ids["count"]]
+
+
+def row_name(row: Mapping) -> str:
+    """A result row's name in a probe's table: the feature set, marked when it is a floor."""
+    return row["features"] + (" (floor)" if row["role"] == "baseline" else "")
 
 
 def role(features: FeatureSet) -> str:

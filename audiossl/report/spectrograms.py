@@ -36,6 +36,17 @@ def _spectrogram(ax, logmel: np.ndarray, logmel_rate: float, sample_rate: int):
                     y_axis="mel", fmin=0.0, fmax=sample_rate / 2, htk=True, cmap="magma", ax=ax)
 
 
+def _phone_strip(strip, segments: Sequence[tuple[float, float, str]], duration: float) -> None:
+    """The phones of ``segments`` as alternating grey spans, named where wide enough to read."""
+    for index, (start, end, name) in enumerate(segments):
+        strip.axvspan(start, end, color="0.85" if index % 2 else "0.95")
+        if end - start >= duration / 90:
+            strip.text((start + end) / 2, 0.5, name, ha="center", va="center", fontsize="x-small")
+    strip.set_yticks([])
+    strip.set_ylabel("phones", rotation=0, ha="right", va="center")
+    strip.tick_params(labelbottom=False)
+
+
 def plot_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, feats: np.ndarray, feat_rate: float,
                    segments: Sequence[tuple[float, float, str]] | None = None, title: str = "utterance",
                    feats_label: str = "learned features", sample_rate: int = 16000) -> Path:
@@ -80,14 +91,7 @@ def plot_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: float, fea
     feat_ax.set_title(f"{feats_label} ({feats.shape[1]} dims, {feat_rate:g} frames/s)")
     feat_ax.set_xlim(0, duration)
     if segments:
-        strip = fig.add_subplot(grid[0, 0], sharex=spec_ax)
-        for index, (start, end, name) in enumerate(segments):
-            strip.axvspan(start, end, color="0.85" if index % 2 else "0.95")
-            if end - start >= duration / 90:  # label only segments wide enough to read
-                strip.text((start + end) / 2, 0.5, name, ha="center", va="center", fontsize="x-small")
-        strip.set_yticks([])
-        strip.set_ylabel("phones", rotation=0, ha="right", va="center")
-        strip.tick_params(labelbottom=False)
+        _phone_strip(fig.add_subplot(grid[0, 0], sharex=spec_ax), segments, duration)
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -136,13 +140,6 @@ def plot_units_utterance(path: str | Path, logmel: np.ndarray, logmel_rate: floa
     unit_ax.set_ylabel(f"unit (k = {num_units})", rotation=0, ha="right", va="center")
     unit_ax.set_xlabel("time (s)")
     if segments:
-        strip = fig.add_subplot(grid[0, 0], sharex=spec_ax)
-        for index, (start, end, name) in enumerate(segments):
-            strip.axvspan(start, end, color="0.85" if index % 2 else "0.95")
-            if end - start >= duration / 90:
-                strip.text((start + end) / 2, 0.5, name, ha="center", va="center", fontsize="x-small")
-        strip.set_yticks([])
-        strip.set_ylabel("phones", rotation=0, ha="right", va="center")
-        strip.tick_params(labelbottom=False)
+        _phone_strip(fig.add_subplot(grid[0, 0], sharex=spec_ax), segments, duration)
     fig.suptitle(title)
     return save_figure(fig, path)
