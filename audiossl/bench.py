@@ -28,7 +28,8 @@ from audiossl.data.corpus import CorpusError, load_corpus
 from audiossl.data.windows import WindowDataset
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
-from audiossl.runtime import Distributed, TrainingError, autocast, choose_device, compile_module
+from audiossl.runtime import (Distributed, TrainingError, autocast, choose_device, compile_module, describe_machine,
+                              resolve_precision)
 from audiossl.train import BatchStream, Pretrainer
 
 
@@ -44,7 +45,9 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
         Medians in seconds (``step``, ``forward``, ``backward``,
         ``optimizer``, and uncompiled ``model`` and ``objective``),
         ``first_step`` (the first warm-up step: compilation, when compiled),
-        ``audio_seconds_per_second``, and the setting.
+        ``audio_seconds_per_second``, the setting, the ``machine`` (CPU
+        model, capability, native bf16, threads, allocator; the GPU) and
+        the ``precision`` chosen, with why.
     """
     dev = choose_device(device if device != "auto" else cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -110,6 +113,7 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
     result = {k: statistics.median(v) for k, v in times.items()}
     result["audio_seconds_per_second"] = batch_size * window / cfg.data.sample_rate / result["step"]
     result.update(first_step=first_step, compiled=compiled, device=str(dev), threads=torch.get_num_threads(),
+                  machine=describe_machine(dev), precision=resolve_precision(cfg.train.precision, dev).describe(),
                   batch_size=batch_size, window_samples=window, objective_name=cfg.objective.objective,
                   steps=steps, parameters=sum(p.numel() for p in module.parameters()))
     return result
@@ -117,6 +121,8 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
 
 def format_result(result: dict) -> str:
     lines = [
+        f"machine: {result['machine']}",
+        result["precision"],
         f"objective {result['objective_name']}  device {result['device']}  threads {result['threads']}  "
         f"batch {result['batch_size']} x {result['window_samples']} samples  "
         f"parameters {result['parameters']:,}  {'compiled  ' if result['compiled'] else ''}"

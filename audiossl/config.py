@@ -82,7 +82,7 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     max_minutes: float = 0.0  # wall-time budget of one run: checkpoint and stop after it (0: none)
     compile: bool = False  # torch.compile the model and objective (first steps pay the compilation)
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (autocast on any device)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and CPUs with native bf16, else fp32) | fp32 | bf16
 
 
 @functools.cache

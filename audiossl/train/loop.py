@@ -37,8 +37,8 @@ from audiossl.lock import FolderLock
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
 from audiossl.resume import check_resumable
-from audiossl.runtime import (Distributed, TrainingError, autocast, choose_device, compile_module, seed_everything,
-                              setup_distributed)
+from audiossl.runtime import (Distributed, TrainingError, autocast, choose_device, compile_module,
+                              resolve_precision, seed_everything, setup_distributed)
 from audiossl.stopping import StopRequests
 from audiossl.train.log import MetricWindow, RunLog
 from audiossl.train.state import CHECKPOINT, Pretrainer, TrainState, resume, save_checkpoint
@@ -177,7 +177,10 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
     state = TrainState.fresh(cfg, module.to(device))
     epoch, position = resume(state, saved, ckpt_path, cfg, dist_info) if saved is not None else (0, 0)
     if dist_info.is_main:
-        (exp_dir / "config.yaml").write_text(yaml.safe_dump(cfg.flat(), sort_keys=False))
+        precision = resolve_precision(cfg.train.precision, device)
+        tqdm.write(precision.describe())
+        (exp_dir / "config.yaml").write_text(f"# on {device}: {precision.describe()}\n"
+                                             + yaml.safe_dump(cfg.flat(), sort_keys=False))
     wrapped = wrap_module(module, cfg, dist_info, device)
     stream = BatchStream(dataset, cfg, dist_info, epoch, position)
     log = RunLog(cfg, exp_dir, state.step, dist_info, progress)
