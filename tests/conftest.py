@@ -5,6 +5,7 @@ Other test modules import these by name; keep the names stable.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -23,6 +24,20 @@ def package_env(**extra: str) -> dict:
     root = str(Path(audiossl.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def import_reference(module: str, install: str):
+    """Import a peer's package that a test checks audiossl against; skip without it, but fail under CI.
+
+    CI runs ``tools/setup.sh``, which installs every reference: a missing one
+    there is a broken setup, and a skip would hide that nothing was compared.
+    """
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        try:
+            return importlib.import_module(module)
+        except ImportError as e:
+            pytest.fail(f"CI: the reference {module} is missing ({e}); tools/setup.sh installs it ({install})")
+    return pytest.importorskip(module, reason=f"the reference: {install}")
 
 
 def synth_utterance(rng: np.random.Generator, num_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -19,6 +19,7 @@ from audiossl.data.alignments import load_alignments, load_phone_inventory, load
 from audiossl.probes.abx_groups import ItemABXSettings, item_file_score, unit_frames
 from audiossl.probes.abx_items import (ITEM_HEADER, ItemFileError, find_items, frame_spans, items_from_alignments,
                                        read_item_file, speaker_from_id, write_item_file)
+from conftest import import_reference
 from test_abx import naive_dtw
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -258,7 +259,8 @@ def zrc_abx2_scores(folder: Path, item_path: Path, order: list[str]) -> dict:
 
 
 def test_item_scores_equal_zrc_abx2(tmp_path):
-    pytest.importorskip("zrc_abx2", reason="the reference: pip install Cython && pip install zerospeech-libriabx2")
+    import_reference("zrc_abx2", "pip install setuptools_scm Cython && pip install --no-build-isolation "
+                                 "zerospeech-libriabx2")
     feats, path = toy_items(tmp_path, seed=3, num_speakers=7, per_speaker=2)  # groups over 10, over 5 X speakers
     folder = tmp_path / "feats"
     for n, (utt, array) in enumerate(feats.items()):

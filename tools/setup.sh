@@ -24,8 +24,16 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev,s3prl]"
 # The ABX reference (zrc-abx2), which tools/abx_crosscheck.py and its test run beside audiossl's ABX: a
-# Cython extension built here, so it needs Cython in the environment and a C compiler; without them the
-# cross-check test is skipped and everything else works.
-.venv/bin/python -m pip install -q Cython && .venv/bin/python -m pip install -q --no-build-isolation zerospeech-libriabx2 \
-  || echo "setup: could not build zerospeech-libriabx2 (needs a C compiler); the ABX cross-check test will be skipped"
+# Cython extension built here from its sdist, so the build needs Cython, setuptools_scm (without it the
+# sdist calls itself 0.0.0 and pip discards the build as "inconsistent version") and a C compiler.
+# Without it everything else works, but the cross-check test is skipped, and fails under CI.
+abx_log=$(mktemp)
+if ! { .venv/bin/python -m pip install -q Cython setuptools setuptools_scm wheel \
+       && .venv/bin/python -m pip install -q --no-build-isolation zerospeech-libriabx2; } >"$abx_log" 2>&1; then
+  echo "setup: could not install zerospeech-libriabx2, the ABX reference; the cross-check test will be skipped" \
+       "(and fail under CI). pip said:"
+  grep -v "^WARNING: Location" "$abx_log" | grep -iE "error|inconsistent|not found|gcc|cc1" | tail -5 | sed 's/^/  /'
+  command -v cc >/dev/null 2>&1 || echo "  (no C compiler: apt-get install gcc)"
+fi
+rm -f "$abx_log"
 echo "setup: done; activate with '. .venv/bin/activate'"
