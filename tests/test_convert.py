@@ -4,7 +4,7 @@ Three kinds of evidence:
 
 - ``tests/data/cpc_audio/``, written by ``tools/cpc_audio_fixture.py`` with
   CPC_audio's own code: tiny training folders and CPC_audio's outputs on a
-  short signal; converted, they must give those outputs to 1e-4.
+  short signal; converted, they must give those outputs to 2e-6 (6.0e-7 measured, the LSTM run's encoder).
 - Hand-built CPC_audio-format state dicts for more settings: the converted
   model equals CPC_audio's forward written out here from its definition, and
   ``--from`` then ``--to`` gives back every tensor and setting.
@@ -97,6 +97,10 @@ def test_unbiased_channel_norm_is_cpc_audios_and_keeps_its_keys():
 
 # --- CPC_audio's own outputs (the committed fixtures) --------------------------------------------
 
+# The largest difference from CPC_audio's outputs on the fixtures is 6.0e-7 (float32 sums in another
+# order); the bound leaves room for other CPUs' kernels. README and docs/interop.md quote both.
+EXACT = 2e-6
+
 @pytest.mark.parametrize("run", ["ln_lstm", "bn_gru", "id_noar"])
 def test_converted_run_gives_cpc_audios_outputs(run, tmp_path):
     out = tmp_path / "model.pt"
@@ -104,7 +108,7 @@ def test_converted_run_gives_cpc_audios_outputs(run, tmp_path):
     reference = torch.load(FIXTURES / f"reference_{run}.pt", weights_only=True)
     diffs = largest(outputs(out, reference["audio"]), reference)
     assert set(diffs) == {"encoder", "context", "scores"}
-    assert max(diffs.values()) < 1e-4, diffs
+    assert max(diffs.values()) < EXACT, diffs
     epochs = {"ln_lstm": 1, "bn_gru": 0, "id_noar": 0}  # the folder's highest, as getCheckpointData takes
     assert load_checkpoint(out)["converted_from"]["epoch"] == epochs[run]
 
@@ -124,7 +128,7 @@ def test_checkpoint_file_and_release_file(tmp_path):
         ckpt, notes = from_cpc_audio(release)
         atomic_save(ckpt, tmp_path / "model.pt")
         diffs = largest(outputs(tmp_path / "model.pt", reference["audio"]), reference)
-        assert max(diffs["encoder"], diffs["context"]) < 1e-4
+        assert max(diffs["encoder"], diffs["context"]) < EXACT
         assert any("release file holds no criterion" in note for note in notes)
 
 
@@ -310,7 +314,7 @@ def test_what_is_not_carried_is_said(tmp_path, capsys):
     assert "--dropout" in out and "--schedulerStep" in out
     reference = torch.load(FIXTURES / "reference_ln_lstm.pt", weights_only=True)
     diffs = largest(outputs(tmp_path / "model.pt", reference["audio"]), reference)
-    assert max(diffs["encoder"], diffs["context"]) < 1e-4 and diffs["scores"] > 1e-3  # a fresh predictor
+    assert max(diffs["encoder"], diffs["context"]) < EXACT and diffs["scores"] > 1e-3  # a fresh predictor
 
 
 @pytest.mark.parametrize("problem,expected", [
