@@ -11,8 +11,10 @@ import torch
 from audiossl.config import ConfigError, build_config
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
+from audiossl.objectives import cpc as cpc_module
 from audiossl.objectives.cpc import CPCObjective
-from audiossl.objectives.infonce import contrastive_losses, sample_candidates, score_candidates
+from audiossl.objectives.infonce import (SCORE_CHUNK_ELEMENTS, contrastive_losses, sample_candidates,
+                                         score_candidates)
 from reference_infonce import reference_losses, reference_scores
 
 
@@ -29,7 +31,7 @@ def test_fast_scores_equal_naive_reference(policy, score, loss):
     assert candidates.shape == (steps, batch * (frames - steps), 1 + negatives)
     assert valid.any() and not valid.all()
 
-    fast_scores = score_candidates(preds, z, candidates, score, temperature=0.1)
+    fast_scores = score_candidates(preds, z, candidates, score, temperature=0.1, per_sequence=policy == "sequence")
     slow_scores = reference_scores(preds, z, candidates, score, temperature=0.1)
     torch.testing.assert_close(fast_scores, slow_scores.transpose(1, 2))
 
@@ -44,6 +46,79 @@ def test_fast_scores_equal_naive_reference(policy, score, loss):
     for fast, slow in zip(fast_grads, slow_grads):
         assert slow.abs().sum() > 0
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)  # fp32 loss
+
+
+def scores_and_grads(preds: torch.Tensor, z: torch.Tensor, candidates: torch.Tensor, score: str, **options):
+    """Scores of ``score_candidates`` and the gradients of a fixed weighting of them w.r.t. preds and z."""
+    scores = score_candidates(preds, z, candidates, score, temperature=0.1, **options)
+    weights = torch.randn(scores.shape, dtype=scores.dtype, generator=torch.Generator().manual_seed(2))
+    return scores, torch.autograd.grad((scores * weights).sum(), (preds, z))
+
+
+def assert_same_scores(got, want):
+    for a, b in zip((got[0], *got[1]), (want[0], *want[1])):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), (a - b).abs().max()
+
+
+def scoring_inputs(policy: str, steps: int = 5):
+    torch.manual_seed(0)
+    batch, frames, negatives, dim = 3, 14, 6, 5
+    lengths = torch.tensor([14, 10, 8])
+    z = torch.randn(batch, frames, dim, dtype=torch.float64, requires_grad=True)
+    preds = torch.randn(steps, batch * (frames - steps), dim, dtype=torch.float64, requires_grad=True)
+    candidates, _ = sample_candidates(lengths, frames, steps, negatives, policy)
+    return preds, z, candidates
+
+
+@pytest.mark.parametrize("score", ["bilinear", "cosine"])
+@pytest.mark.parametrize("max_elements", [1, 2 * 27 * 42, 4 * 27 * 42 + 5])  # 1, 2 and 4 of the 5 steps per chunk
+def test_chunked_scores_equal_one_product(score, max_elements):
+    preds, z, candidates = scoring_inputs("batch")
+    whole = scores_and_grads(preds, z, candidates, score)
+    chunked = scores_and_grads(preds, z, candidates, score, max_elements=max_elements)
+    assert_same_scores(chunked, whole)
+
+
+def test_default_chunk_holds_the_cpu_configs_products():
+    """CPC at batch 8 (12 steps, 116 positions, 128 frames) is one chunk: no slower than one product."""
+    batch, frames, steps = 8, 128, 12
+    assert steps * batch * (frames - steps) * batch * frames <= SCORE_CHUNK_ELEMENTS
+
+
+@pytest.mark.parametrize("score", ["bilinear", "cosine"])
+def test_per_sequence_scores_equal_the_batch_product(score):
+    preds, z, candidates = scoring_inputs("sequence")
+    whole = scores_and_grads(preds, z, candidates, score)
+    per_sequence = scores_and_grads(preds, z, candidates, score, per_sequence=True)
+    assert_same_scores(per_sequence, whole)
+
+
+@pytest.mark.parametrize("score", ["bilinear", "cosine"])
+def test_cpc_loss_with_the_sequence_policy_is_unchanged(monkeypatch, score):
+    """The objective's per-sequence scoring gives the loss and gradients of scoring against the whole batch."""
+    cfg = tiny_cfg(cpc_negative_policy="sequence", cpc_score=score)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).double()
+    objective = CPCObjective.from_config(cfg, model).double()
+    batch = toy_batch(torch.Generator().manual_seed(1), 3, 3200)
+    batch["wavs"] = batch["wavs"].double()
+    params = list(model.parameters()) + list(objective.parameters())
+
+    def run():
+        torch.manual_seed(5)  # the same negatives both times
+        loss, _ = objective(model, batch)
+        return loss, torch.autograd.grad(loss, params)
+
+    fast = run()
+    full = cpc_module.score_candidates
+    monkeypatch.setattr(cpc_module, "score_candidates",
+                        lambda *args, per_sequence, **kwargs: full(*args, **kwargs))
+    slow = run()
+    # contrastive_losses works in fp32 whatever the scores' precision: equal to its rounding.
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-6, atol=1e-7)
+    for got, want in zip(fast[1], slow[1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
 def decode(candidates: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -176,7 +176,8 @@ class CPCObjective(nn.Module):
             raise ValueError(f"{frames} frames per window, but cpc_steps={self.num_steps}: use longer windows")
         candidates, valid = sample_candidates(lengths, frames, self.num_steps, self.num_negatives,
                                               self.negative_policy)
-        scores = score_candidates(self.predict(layers[-1]), z, candidates, self.score, self.temperature)
+        scores = score_candidates(self.predict(layers[-1]), z, candidates, self.score, self.temperature,
+                                  per_sequence=self.negative_policy == "sequence")
         losses, accuracy = contrastive_losses(scores, valid, self.loss)
         metrics = {"loss": losses.sum().detach(), "accuracy": accuracy.mean().detach()}
         bound = mutual_information_bound(losses.detach(), self.num_negatives)

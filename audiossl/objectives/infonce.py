@@ -3,12 +3,20 @@
 The reference implementation (CPC_audio's ``CPCUnsupersivedCriterion``)
 gathers every candidate encoding into a (steps x negatives x batch x frames x
 dim) tensor and multiplies it element-wise with the predictions; on two CPU
-cores that loss dominates the training step. Here the predictions of all steps
-are multiplied once against every encoded frame of the batch, one
-``(steps, batch*frames, batch*frames)`` matrix product, and the sampled
-candidates' scores are gathered from it by index. Candidates are named by flat
-frame indices ``b * frames + t`` into the batch, so any reference
-implementation given the same indices gives the same loss (the tests check).
+cores that loss dominates the training step. Here the predictions are
+multiplied against every encoded frame they may draw a candidate from, and
+the sampled candidates' scores are gathered from that product by index.
+Candidates are named by flat frame indices ``b * frames + t`` into the batch,
+so any reference implementation given the same indices gives the same loss
+(the tests check).
+
+The product's size grows with the square of the batch: ``(steps,
+batch*positions, batch*frames)``, 2.9 GB in fp32 for CPC at batch 64, and as
+much again for the gather's gradient. Negatives from the prediction's own
+sequence need only each sequence's frames, a product ``batch`` times smaller;
+negatives from the whole batch are scored a few steps at a time, so that no
+chunk's product exceeds :data:`SCORE_CHUNK_ELEMENTS` (neither matmul's nor
+gather's backward keeps the product, so the backward's peak is one chunk's too).
 """
 
 from __future__ import annotations
@@ -74,9 +82,15 @@ def sample_candidates(lengths: torch.Tensor, num_frames: int, num_steps: int, nu
     return candidates.reshape(num_steps, batch * positions, 1 + num_negatives), valid.reshape(num_steps, -1)
 
 
+# Elements of one chunk's score product (256 MiB in fp32): CPC's CPU configs (batch 8, 12 x 928 x 1024)
+# stay one chunk; at batch 64 on a GPU each step is its own chunk.
+SCORE_CHUNK_ELEMENTS = 64 * 2**20
+
+
 def score_candidates(predictions: torch.Tensor, z: torch.Tensor, candidates: torch.Tensor,
-                     score: str = "bilinear", temperature: float = 1.0) -> torch.Tensor:
-    """Scores of sampled candidates by one matrix product and a gather.
+                     score: str = "bilinear", temperature: float = 1.0, per_sequence: bool = False,
+                     max_elements: int = SCORE_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Scores of sampled candidates by matrix products and gathers.
 
     Args:
         predictions: (steps, batch * positions, dim), ``W_k c_t``.
@@ -84,19 +98,52 @@ def score_candidates(predictions: torch.Tensor, z: torch.Tensor, candidates: tor
         candidates: (steps, batch * positions, 1 + negatives) flat frame indices.
         score: ``bilinear``: ``z^T W_k c``; ``cosine``: cosine similarity of
             ``W_k c`` and ``z`` divided by ``temperature`` (NT-Xent, SimCLR).
+        per_sequence: every candidate of a prediction is a frame of its own
+            sequence (the ``sequence`` policy): each sequence's predictions
+            are multiplied by its own frames only.
+        max_elements: otherwise, the most scores one chunk of steps computes
+            at once (at least one step per chunk).
 
     Returns:
-        (steps, batch * positions, 1 + negatives) scores.
+        (steps, batch * positions, 1 + negatives) scores, the same either way.
     """
-    z_flat = z.reshape(-1, z.shape[-1])  # (B*T, D)
     if score == "cosine":
         predictions = F.normalize(predictions, dim=-1)
-        z_flat = F.normalize(z_flat, dim=-1)
+        z = F.normalize(z, dim=-1)
     elif score != "bilinear":
         raise ValueError(f"unknown score {score!r}")
-    all_scores = torch.matmul(predictions, z_flat.t())  # (K, B*P, B*T)
-    scores = all_scores.gather(2, candidates)
+    if per_sequence:
+        scores = _sequence_scores(predictions, z, candidates)
+    else:
+        scores = _batch_scores(predictions, z.reshape(-1, z.shape[-1]), candidates, max_elements)
     return scores / temperature if score == "cosine" else scores
+
+
+def _batch_scores(predictions: torch.Tensor, z_flat: torch.Tensor, candidates: torch.Tensor,
+                  max_elements: int) -> torch.Tensor:
+    """Candidates anywhere in the batch: ``(steps, B*P, B*T)`` products, a chunk of steps at a time."""
+    num_steps, rows, _ = predictions.shape
+    per_chunk = max(1, max_elements // max(1, rows * z_flat.shape[0]))
+    chunks = []
+    for k in range(0, num_steps, per_chunk):
+        all_scores = torch.matmul(predictions[k:k + per_chunk], z_flat.t())  # (K', B*P, B*T)
+        chunks.append(all_scores.gather(2, candidates[k:k + per_chunk]))
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+def _sequence_scores(predictions: torch.Tensor, z: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Candidates in the prediction's own sequence: one ``(K*P, T)`` product per sequence."""
+    num_steps, rows, dim = predictions.shape
+    batch, frames, _ = z.shape
+    positions = rows // batch
+    # Sequence-major, so that each sequence's predictions of every step are one matrix.
+    preds = predictions.reshape(num_steps, batch, positions, dim).transpose(0, 1).reshape(batch, -1, dim)  # (B, K*P, D)
+    offset = torch.arange(batch, device=candidates.device).view(1, batch, 1, 1) * frames
+    local = (candidates.reshape(num_steps, batch, positions, -1) - offset).transpose(0, 1)  # (B, K, P, 1+N)
+    local = local.reshape(batch, num_steps * positions, -1)
+    all_scores = torch.bmm(preds, z.transpose(1, 2))  # (B, K*P, T)
+    scores = all_scores.gather(2, local).view(batch, num_steps, positions, -1)
+    return scores.transpose(0, 1).reshape(num_steps, rows, -1)
 
 
 def contrastive_losses(scores: torch.Tensor, valid: torch.Tensor, loss: str = "infonce"
