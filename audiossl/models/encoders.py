@@ -14,12 +14,14 @@ over the last dimension, so no block transposes or copies its activations.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audiossl.models import autotune
 from audiossl.models.lengths import length_mask
 
 
@@ -52,15 +54,60 @@ class _ShiftedSum(torch.autograd.Function):
 
 
 def conv_method(in_channels: int, out_channels: int, kernel: int, stride: int) -> str:
-    """What ``strided_conv``'s ``auto`` takes: ``taps`` when the strided view's rows
+    """What ``strided_conv``'s ``auto`` takes on the CPU: ``taps`` when the strided view's rows
     (``stride * in``) are wider than the output and there is more than one of
     them per output frame (every downsampling conv after the first), else ``im2col``."""
     return "taps" if -(-kernel // stride) > 1 and stride * in_channels > out_channels else "im2col"
 
 
+CONV_METHODS = ("taps", "im2col", "conv1d")
+
+
+def choose_conv_method(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                       padding: int) -> str:
+    """The method ``auto`` runs: by :func:`conv_method` on the CPU, by measurement elsewhere.
+
+    On another device (CUDA) the forward and backward of every method in
+    :data:`CONV_METHODS` is timed once per device type, autocast dtype,
+    shapes, stride and padding, at the first call with them, and the fastest
+    is kept (:func:`audiossl.models.autotune.choose`), as cuDNN's benchmark
+    mode keeps its algorithm: no GPU figure of the three exists yet, and the
+    fastest may differ per card and per layer. While ``torch.compile`` traces,
+    nothing is timed: ``conv1d`` (cuDNN's) is taken.
+    """
+    if x.device.type == "cpu":
+        return conv_method(x.shape[-1], weight.shape[0], weight.shape[-1], stride)
+    if torch.compiler.is_compiling():
+        return "conv1d"
+    device = x.device.type
+    dtype = x.dtype
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    # Which inputs the caller's backward will differentiate: none under no_grad (inference).
+    grads = (x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+    grads = grads if torch.is_grad_enabled() else (False, False, False)
+    key = ("strided_conv", device, dtype, tuple(x.shape), tuple(weight.shape), bias is not None, stride, padding,
+           grads)
+    candidates = {name: functools.partial(_conv_step, x, weight, bias, stride, padding, name, grads)
+                  for name in CONV_METHODS}
+    return autotune.choose(key, candidates, x.device)
+
+
+def _conv_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
+               method: str, grads: tuple[bool, bool, bool]) -> None:
+    """One forward of ``method``, and the backward w.r.t. the inputs named by ``grads``, on detached inputs."""
+    x, weight = x.detach().requires_grad_(grads[0]), weight.detach().requires_grad_(grads[1])
+    bias = None if bias is None else bias.detach().requires_grad_(grads[2])
+    with torch.set_grad_enabled(any(grads)):
+        y = strided_conv(x, weight, bias, stride, padding, method)
+        wrt = [t for t, needed in zip((x, weight, bias), grads) if needed]
+        if wrt:
+            torch.autograd.grad(y, wrt, torch.ones_like(y))
+
+
 def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
                  padding: int, method: str = "auto") -> torch.Tensor:
-    """``Conv1d`` on channels-last frames, computed as one matrix product.
+    """``Conv1d`` on channels-last frames, computed as one matrix product (or by ``F.conv1d``).
 
     A convolution with kernel ``k`` and stride ``s`` reads, for output frame
     t, the input frames ``s t - padding .. s t - padding + k - 1``. Padded to
@@ -79,7 +126,12 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
       ``unfold`` of the padded input, ``k / s`` times its size, copied once)
       times the ``(out, in k)`` weight.
 
-    ``auto`` chooses by :func:`conv_method`.
+    A third method, ``conv1d``, is ``F.conv1d`` itself on the transposed
+    input (cuDNN's kernels on CUDA), its output transposed back.
+
+    ``auto`` chooses by :func:`choose_conv_method`: on the CPU by the rule
+    measured there (:func:`conv_method`); on CUDA by timing the three methods
+    at the first call with each shape, since no GPU figure exists yet.
 
     Args:
         x: (batch, frames, in_channels).
@@ -94,12 +146,14 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     out_frames = (frames + 2 * padding - kernel) // stride + 1
     if out_frames <= 0:
         return x.new_zeros(batch, 0, out_channels)
+    if method == "auto":
+        method = choose_conv_method(x, weight, bias, stride, padding)
+    if method == "conv1d":
+        return F.conv1d(x.transpose(1, 2), weight, bias, stride=stride, padding=padding).transpose(1, 2)
     m = -(-kernel // stride)
     rows = out_frames + m - 1
     # Right padding may be negative: input frames that no output reads are cut off.
     x = F.pad(x, (0, 0, padding, rows * stride - frames - padding))  # (B, rows * s, C)
-    if method == "auto":
-        method = conv_method(channels, out_channels, kernel, stride)
     if method == "im2col":
         # Each output frame's k input frames, (B, out, C, k) as a view, copied once into the matrix.
         cols = x.unfold(1, kernel, stride).reshape(batch, out_frames, channels * kernel)
@@ -182,7 +236,8 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
-        x = torch.relu_(self.norm(x))  # (B, T', C); in place: neither the norm nor the conv keeps its output for backward
+        # In place: neither the norm nor the conv (any method) keeps its output for backward.
+        x = torch.relu_(self.norm(x))  # (B, T', C)
         lengths = self.output_lengths(lengths).clamp(min=0)
         # Zero the frames past each sequence's end: the next conv then sees the
         # same zeros a per-utterance run pads with. On the CPU the test is free
