@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU throughput in one command: the training step of the four LibriSpeech
-# configs, and the data loader's rate beside the model's consumption.
+# configs, the data loader's rate beside the model's consumption, and each
+# part of the CPC step as a share of the card's bf16 matmul peak.
 #
 #   bash tools/gpu_bench.sh                      # on a CUDA machine, from the repository root
 #   CORPUS=/data/LibriSpeech/train-clean-100 bash tools/gpu_bench.sh
@@ -13,7 +14,12 @@
 # compiled, the first step's time is the compilation), then `audiossl bench
 # --data CORPUS` for the CPC config at batch 8: windows and audio seconds per
 # second that 1, 2, 4 and 8 DataLoader workers deliver, and how many times
-# the model's consumption that is. Every run has its own time limit
+# the model's consumption that is. Last, tools/gpu_peak.py: the matmul peak
+# the card reaches (8192 x 8192 products in bf16, TF32 and fp32, TFLOP/s) and,
+# for each eager CPC run, the FLOPs of the model forward (frontend, encoder,
+# context), the objective forward and the backward at that batch, each
+# divided by its median time: TFLOP/s achieved and % of the bf16 peak (on the
+# CPU: a 512 x 512 matmul peak). Every run has its own time limit
 # (RUN_LIMIT seconds), so one slow compilation costs one line, not the whole
 # command. Eager runs take seconds each on a GPU; compilation can take
 # minutes per config (on the 2-core CPU it took 14 minutes cold for CPC, 1
@@ -57,6 +63,9 @@ fi
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 start=$(date +%s)
+results=$(mktemp -d)  # the eager CPC runs' `bench --json` output, for gpu_peak.py
+trap 'rm -rf "$results"' EXIT
+peak_args=()
 
 bench() {  # bench LIMIT ARGS...: one `audiossl bench`, stopped after LIMIT seconds
   local limit=$1; shift
@@ -91,8 +100,14 @@ for compile in $COMPILES; do
   for objective in $CONFIGS; do
     for batch in $BATCHES; do
       log "$objective batch $batch $([[ $compile == 1 ]] && echo compiled || echo eager)"
-      bench "$RUN_LIMIT" --config "recipes/conf/${objective}_libri.yaml" --steps "$STEPS" --warmup "$warmup" \
-        "${flags[@]}" "batch_size=$batch"
+      run=(--config "recipes/conf/${objective}_libri.yaml" --steps "$STEPS" --warmup "$warmup" "${flags[@]}"
+           "batch_size=$batch")
+      if [[ $objective == cpc && $compile == 0 ]]; then  # keep the JSON line for gpu_peak.py, show the rest
+        bench "$RUN_LIMIT" "${run[@]}" --json | tee "$results/cpc_b$batch.txt" | grep -v '^{' || true
+        peak_args+=(--bench-json "$results/cpc_b$batch.txt")
+      else
+        bench "$RUN_LIMIT" "${run[@]}"
+      fi
     done
   done
 done
@@ -100,5 +115,11 @@ done
 log "data loader on $CORPUS (cpc_libri.yaml, batch 8), beside the eager CPC step"
 bench "$RUN_LIMIT" --config recipes/conf/cpc_libri.yaml --steps "$STEPS" --warmup "$WARMUP" batch_size=8 \
   --data "$CORPUS" --workers "$WORKERS" --loader-seconds 5
+
+log "the CPC step's parts against the matmul peak (tools/gpu_peak.py)"
+rc=0
+timeout --kill-after=10 "$RUN_LIMIT" "$PYTHON" tools/gpu_peak.py --device "$DEVICE" \
+  --config recipes/conf/cpc_libri.yaml "${peak_args[@]}" || rc=$?
+(( rc == 0 )) || echo "  (gpu_peak.py failed with exit status $rc)"
 
 log "done in $(( $(date +%s) - start )) s"
