@@ -74,7 +74,7 @@ def tiny_overrides() -> dict:
     """Config overrides for a tiny CPC model and run on the CPU (scalars only,
     so ``[f"{k}={v}" for k, v in tiny_overrides.items()]`` works on a command line).
 
-    3200-sample windows give 20 frames; 4 windows per batch.
+    3200-sample windows give 20 frames; 4 windows per batch; fp32 whatever the CPU.
     """
     return {
         "window_samples": 3200,
@@ -90,6 +90,7 @@ def tiny_overrides() -> dict:
         "log_every": 1,
         "ckpt_every": 2,
         "device": "cpu",
+        "precision": "fp32",  # the same numbers on every CPU: auto would take bf16 where the CPU has it
     }
 
 

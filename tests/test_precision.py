@@ -78,7 +78,8 @@ def test_explicit_settings_are_kept_and_slow_bf16_warns(fake_cpu):
 def test_training_logs_and_records_the_precision(fake_cpu, tiny_corpus, tiny_overrides, tmp_path, capsys, one_thread):
     fake_cpu(onednn=False)
     exp = tmp_path / "exp"
-    train(build_config(overrides={**tiny_overrides, "max_steps": 1}), tiny_corpus, exp, progress=False)
+    train(build_config(overrides={**tiny_overrides, "max_steps": 1, "precision": "auto"}), tiny_corpus, exp,
+          progress=False)
     line = "precision fp32 (auto: oneDNN has no bf16 on this CPU"
     assert line in capsys.readouterr().out
     text = (exp / "config.yaml").read_text()
@@ -89,7 +90,7 @@ def test_training_logs_and_records_the_precision(fake_cpu, tiny_corpus, tiny_ove
 def test_bench_names_the_machine_and_the_precision(fake_cpu, tiny_overrides, tmp_path, capsys, one_thread):
     fake_cpu(amx=True)
     conf = tmp_path / "tiny.yaml"
-    conf.write_text(yaml.safe_dump(tiny_overrides))
+    conf.write_text(yaml.safe_dump({**tiny_overrides, "precision": "auto"}))
     assert main(["bench", "--config", str(conf), "--steps", "1", "--warmup", "0", "--device", "cpu",
                  "batch_size=2"]) == 0
     out = capsys.readouterr().out.splitlines()
