@@ -5,10 +5,11 @@ feature arrays, logs cut back on resume) goes through :func:`atomic_write`: the
 content goes to ``.<name>.tmp<pid>`` in the target's folder (the same
 filesystem, so the rename is atomic), is optionally fsynced, and is renamed
 over the target. A crash or a failed write leaves the previous file whole and
-removes the temporary one. A full disk (ENOSPC) or an exhausted quota (EDQUOT),
-which torch reports as a chain of two tracebacks ending in
-``inline_container.cc: unexpected pos``, becomes one :class:`DiskFullError`
-line naming the file and saying what is intact.
+removes the temporary one. A full disk (ENOSPC), an exhausted quota (EDQUOT) or
+a file-size limit (EFBIG, ``ulimit -f``), which torch reports as a chain of two
+tracebacks ending in ``inline_container.cc: unexpected pos`` and numpy as a
+short write without an errno (``84224 requested and 20448 written``), becomes
+one :class:`DiskFullError` line naming the file and saying what is intact.
 
 A writer killed with ``kill -9`` leaves its temporary file behind; the pid in
 its name tells :func:`remove_stale_temps` whether the writer is still alive.
@@ -23,14 +24,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from audiossl.lock import LOCK_NAME
+
 __all__ = ["DiskFullError", "atomic_write", "remove_stale_temps", "temp_path"]
 
-_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+         errno.EFBIG: "file too large for the file-size limit (ulimit -f) or the filesystem"}
 _TEMP = re.compile(r"^\..+\.tmp(\d+)$")
+_SHORT_WRITE = re.compile(r"^(\d+) requested and (\d+) written$")  # numpy's tofile, an OSError without errno
+_RETRY_BYTES = 1 << 20  # the most a short write's retry writes to learn its errno
 
 
 class DiskFullError(OSError):
-    """A write that failed because the disk (or the quota) is full; one line naming the file."""
+    """A write that failed for want of room (full disk, quota, file-size limit); one line naming the file."""
 
 
 def temp_path(path: Path) -> Path:
@@ -39,7 +45,7 @@ def temp_path(path: Path) -> Path:
 
 
 def _disk_full(e: BaseException) -> int | None:
-    """ENOSPC or EDQUOT if ``e`` or an exception it chains is that error (torch wraps it in a RuntimeError)."""
+    """ENOSPC, EDQUOT or EFBIG if ``e`` or an exception it chains is that error (torch wraps it in a RuntimeError)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -47,6 +53,43 @@ def _disk_full(e: BaseException) -> int | None:
             return e.errno
         e = e.__cause__ or e.__context__
     return None
+
+
+def _short_write(e: BaseException) -> int | None:
+    """The items numpy's ``tofile`` could not write, if ``e`` or an exception it chains is that short write."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        match = _SHORT_WRITE.match(str(e)) if isinstance(e, OSError) and e.errno is None else None
+        if match:
+            return int(match.group(1)) - int(match.group(2))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _errno_of_short_write(tmp: Path, missing: int) -> int | None:
+    """Why a write came up short, asked of the kernel: write the missing part again while ``tmp`` is there.
+
+    numpy's ``tofile`` turns a short ``fwrite`` into an ``OSError`` with no
+    errno, so a full disk looks like any other failure. The same write fails
+    the same way again (ENOSPC, EDQUOT, EFBIG), and the retry's bytes go to
+    the temporary file, which is removed anyway. ``missing`` counts items, at
+    least one byte each; at most ``_RETRY_BYTES`` are written. None when the
+    retry succeeds (the cause is gone, so nothing is claimed).
+    """
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return None
+    try:
+        left = max(1, min(missing, _RETRY_BYTES))
+        while left > 0:
+            left -= os.write(fd, bytes(min(left, 1 << 16)))
+        return None
+    except OSError as e:
+        return e.errno
+    finally:
+        os.close(fd)
 
 
 def _open_for_writing(path: Path) -> BinaryIO:
@@ -80,7 +123,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, fsync
         os.replace(tmp, path)
     except Exception as e:
         code = _disk_full(e)
-        if code is None:
+        missing = _short_write(e) if code is None else None
+        if missing is not None:
+            code = _errno_of_short_write(tmp, missing)
+        if code not in _FULL:
+            if isinstance(e, OSError) and e.filename == str(tmp):
+                e.filename = str(path)  # a read-only folder: name the file asked for, not our temporary one
             raise
         kept = f"the previous {what} is intact" if existed else f"no {what} was there before"
         raise DiskFullError(code, f"{_FULL[code]} writing {path}; {kept}") from None
@@ -99,15 +147,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | Path, recursive: bool = False, owner_may_live: bool = True) -> list[Path]:
+def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Remove the ``.<name>.tmp<pid>`` files that killed writers left in ``folder``.
 
+    A file is removed only when its writer is provably gone: no process has
+    its pid on this machine, or the pid is this process's own. Call it only on
+    a folder whose lock (:mod:`audiossl.lock`) this process holds: a pid says
+    nothing about writers on other nodes, and the lock keeps those out. A
+    killed writer whose pid was reused since keeps its file until that
+    process ends; a hidden leftover costs less than a live checkpoint.
+
     Args:
-        recursive: also in every folder below.
-        owner_may_live: keep a file whose pid is a running process on this
-            machine (its writer may still be at work). Pass False only while
-            holding the folder's lock (:mod:`audiossl.lock`), when no other
-            writer can be there.
+        recursive: also in the folders below, except those that hold their
+            own ``.lock`` (another run's working folder: its lock is not ours)
+            and folder links (they lead elsewhere).
 
     Returns:
         The files removed.
@@ -116,13 +169,16 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False, owner_may_li
     if not folder.is_dir():
         return []
     removed = []
-    for candidate in (folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")):
-        match = _TEMP.match(candidate.name)
-        if match is None or not candidate.is_file():
-            continue
-        pid = int(match.group(1))
-        if owner_may_live and pid != os.getpid() and _alive(pid):
-            continue
-        candidate.unlink(missing_ok=True)
-        removed.append(candidate)
+    for where, dirs, names in os.walk(folder):  # links to folders are not followed
+        dirs[:] = [d for d in dirs if recursive and not (Path(where) / d / LOCK_NAME).exists()]
+        for name in names:
+            match = _TEMP.match(name)
+            candidate = Path(where) / name
+            if match is None or not candidate.is_file():
+                continue
+            pid = int(match.group(1))
+            if pid != os.getpid() and _alive(pid):
+                continue
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
     return removed

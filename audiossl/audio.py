@@ -14,6 +14,8 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
+from audiossl.data.validate import rate_problem
+
 
 class AudioError(ValueError):
     """A file that cannot be used as audio; the message names the file."""
@@ -58,6 +60,8 @@ def read_audio(path: str | Path, sample_rate: int = 16000, start: int = 0, num_s
             data = f.read(src_count, dtype="float32", always_2d=True)
     except Exception as e:
         raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from None
+    if rate_problem(file_rate):  # the header changed since the scan, or a manifest lies: no 16000-fold resampling
+        raise AudioError(f"{path}: {rate_problem(file_rate)}")
     if data.shape[1] > 1:
         data = data.mean(axis=1, keepdims=True)
     wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))

@@ -163,7 +163,10 @@ def assign_units(model: UnitModel, features_dir: str | Path, out: str | Path, la
             if differ:
                 raise UnitsError(f"{out} holds units assigned with another model or settings ({', '.join(differ)}); "
                                  "use another folder or delete this one")
-        remove_stale_temps(out, recursive=True, owner_may_live=False)  # a killed run's; the lock keeps writers out
+        # A killed run's temporary files, only in what this command writes: OUT itself and its own two trees.
+        # Below OUT may live other runs' folders (--out exp while exp/run trains), whose files are not ours.
+        for folder, below in ((out, False), (out / PER_UTTERANCE, True), (out / ONEHOT, True)):
+            remove_stale_temps(folder, recursive=below)
         atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=2).encode() + b"\n"))
         return _assign(model, features, ids, missing, out, onehot, torch.device(device), progress)
 

@@ -7,7 +7,11 @@ decodes each file once to find the ones a header cannot reveal as unusable
 (:mod:`audiossl.data.validate`); those are listed, with the reason, in a
 problems file beside the manifest (``train.tsv`` -> ``train.problems.tsv``,
 lines ``path  reason``), so that a cached scan still knows what it skipped.
-Relative paths in a manifest are relative to the manifest's folder.
+Relative paths in a manifest are relative to the manifest's folder. A folder
+scan follows links to folders elsewhere but walks each real folder and counts
+each real file once (:func:`find_audio`), so a link loop cannot multiply the
+data; a sample rate no audio has (:func:`audiossl.data.validate.rate_problem`)
+is a problem in a scan and an error in a manifest.
 
 A scan cached for training (``EXP_DIR/manifest.tsv``) keeps a third file,
 ``manifest.stamps.tsv``: the size and modification time of every file it
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audiossl.atomic import atomic_write
-from audiossl.data.validate import check_files
+from audiossl.data.validate import check_files, rate_problem
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MANIFEST_COLUMNS = ("id", "path", "speaker", "num_samples", "sample_rate")
@@ -76,10 +80,64 @@ def utterance_id(relative: Path) -> str:
     return relative.with_suffix("").as_posix()
 
 
+def _identity(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` leads to: one per real folder or file, however it is reached."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk_once(root: Path) -> tuple[list[Path], list[str]]:
+    """os.walk following folder links, each real folder once; the audio files found and the links not followed.
+
+    A link is not followed when it leads to a folder of the tree itself (that
+    folder is walked as itself: ``ln -s . spk/again`` is a loop) or to one
+    reached already (a second link to one target); links to folders elsewhere
+    (a corpus assembled from other disks) are followed once.
+    """
+    tree = {_identity(where) for where, _, _ in os.walk(root)}  # the real folders, which no link replaces
+    seen, files, skipped = {_identity(root)}, [], []
+    for where, dirs, names in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(where, name)
+            key = _identity(path)
+            if key in seen or (os.path.islink(path) and key in tree):
+                skipped.append(f"{path} -> {os.path.realpath(path)}")
+                continue
+            seen.add(key)
+            kept.append(name)
+        dirs[:] = kept
+        files += [Path(where) / f for f in names if f.lower().endswith(AUDIO_SUFFIXES)]
+    return files, skipped
+
+
 def find_audio(root: Path) -> list[Path]:
-    files = [Path(d) / f for d, _, names in os.walk(root, followlinks=True) for f in names
-             if f.lower().endswith(AUDIO_SUFFIXES)]
-    return sorted(files)
+    """The audio files below ``root``, sorted, each real file once (links are followed, never twice).
+
+    A folder link that leads back into the tree or to a folder walked already,
+    and a file that is the same file as another one found (a link or a hard
+    link to it), are skipped and named on stdout: without that a loop like
+    ``ln -s . spk/again`` repeats every file dozens of times under fake
+    speakers.
+    """
+    paths, skipped = _walk_once(root)
+    first: dict[tuple[int, int], Path] = {}
+    twice = []
+    for path in sorted(paths, key=lambda p: (p.is_symlink(), p)):  # the file itself before a link to it
+        key = _identity(path)
+        if key is not None and key in first:
+            twice.append(f"{path} (the same file as {first[key]})")
+        elif key is not None:
+            first[key] = path
+    for link in skipped:
+        print(f"skipped {link}: a link to a folder scanned already; following it would count its files twice")
+    if twice:
+        print(f"skipped {len(twice)} file(s) found again through links, e.g. {'; '.join(twice[:3])}")
+    counted = set(first.values())
+    return sorted(p for p in paths if p in counted or _identity(p) is None)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -193,6 +251,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             num_samples, rate = int(num_samples), int(rate)
         except ValueError:
             raise CorpusError(f"{path}:{number}: num_samples and sample_rate must be integers") from None
+        if rate_problem(rate) or num_samples < 0:
+            # Lengths in seconds divide by the rate: refused here, not a ZeroDivisionError mid-run.
+            raise CorpusError(f"{path}:{number}: {audio}: " + (rate_problem(rate) or f"num_samples {num_samples} < 0"))
         if utt_id in seen:
             raise CorpusError(f"{path}:{number}: duplicate utterance id {utt_id!r}")
         if not utt_id or utt_id.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", utt_id):

@@ -32,6 +32,16 @@ import soundfile
 from tqdm import tqdm
 
 BLOCK_FRAMES = 1 << 16  # decode in blocks: memory stays small for hour-long files
+# Sample rates audio can sensibly have: below, a broken header (a WAV saying 1 Hz lasts hours and would be
+# resampled 16000-fold, a gigabyte from 32 KB); above, no recorder. 0 would divide by zero.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
+
+
+def rate_problem(rate: int) -> str | None:
+    """Why ``rate`` (Hz) cannot be a file's sample rate; None when it can."""
+    if MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        return None
+    return f"sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz (a broken header?)"
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,8 @@ def check_audio(path: str | Path, decode: bool = True) -> AudioCheck:
 
     Returns:
         The header values and the problem found, if any: unreadable (missing,
-        permission, not audio), empty, corrupt or truncated, non-finite.
+        permission, not audio), a sample rate outside ``MIN_SAMPLE_RATE``..
+        ``MAX_SAMPLE_RATE``, empty, corrupt or truncated, non-finite.
     """
     path = str(path)
     try:
@@ -67,6 +78,8 @@ def check_audio(path: str | Path, decode: bool = True) -> AudioCheck:
     except Exception as e:  # LibsndfileError, RuntimeError, PermissionError...
         return AudioCheck(path, 0, 0, 0, f"cannot read audio header ({_reason(e)})")
     frames, rate, channels = info.frames, info.samplerate, info.channels
+    if rate_problem(rate):
+        return AudioCheck(path, frames, rate, channels, rate_problem(rate))
     if frames <= 0:
         return AudioCheck(path, 0, rate, channels, "empty (0 samples)")
     if not decode:
