@@ -11,7 +11,8 @@ The sections are this module's data, model and train dataclasses and the
 objective section, which joins the settings each objective owns
 (:func:`objective_section`). A probe's settings (``ProbeSettings``,
 ``CTCSettings``, ``ABXSettings`` ...) are read the same way, from a flat YAML
-file and ``key=value`` items (:func:`build_settings`).
+file and ``key=value`` items (:func:`build_settings`). Reading the text itself (YAML, ``key=value``,
+typed and finite values, keys given twice) is :mod:`audiossl.config_text`'s.
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+# ConfigError, load_config_file and parse_overrides are re-exported: callers import them from here.
+from audiossl.config_text import ConfigError, coerce, load_config_file, parse_overrides  # noqa: F401
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message is one line."""
+# Seeds reach numpy, whose legacy generators take at most 32 bits, and torch (64); negative ones neither.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -165,79 +165,6 @@ def fields_by_key() -> dict[str, tuple[str, Any]]:
     return owner
 
 
-def _coerce(key: str, value: Any, typ: Any) -> Any:
-    """Convert value (from YAML or a command-line string) to typ, or raise."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(typ):  # X | None
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-            return None
-        (typ,) = [t for t in typing.get_args(typ) if t is not type(None)]
-        origin = typing.get_origin(typ)
-    if origin is tuple:  # tuple[X, ...]: written as a list
-        return tuple(_coerce(key, value, list[typing.get_args(typ)[0]]))
-    if origin is list:
-        (item_type,) = typing.get_args(typ)
-        if isinstance(value, str):  # "2,1", "2 1", "[2,1]", "[2, 1]"; "[]" is the empty list
-            text = value.strip()
-            if text.startswith("[") and text.endswith("]"):
-                text = text[1:-1]
-            value = text.replace(",", " ").split()
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
-        return [_coerce(key, v, item_type) for v in value]
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
-    if typ in (int, float):
-        # YAML gives ints for floats written without a point; a float is never an int; bools are neither.
-        accepted = (int,) if typ is int else (int, float)
-        if isinstance(value, accepted) and not isinstance(value, bool):
-            return typ(value)
-        if isinstance(value, str):
-            try:
-                return typ(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
-    if typ is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
-    raise AssertionError(f"unsupported config type {typ}")
-
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    """``["lr=1e-3", "context=lstm"]`` -> dict; malformed items are errors."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value")
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a flat mapping of key: value")
-    for key, value in data.items():
-        if isinstance(value, dict):
-            raise ConfigError(f"{path}: key {key!r} holds a mapping; config files are flat")
-    return data
-
-
 def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults <- preset <- config file <- overrides, then validated."""
     settings: dict[str, Any] = {}
@@ -258,7 +185,7 @@ def build_config(config_file: str | Path | None = None, overrides: dict[str, Any
         if key not in known:
             raise ConfigError(f"unknown config key {key!r}")
         section, typ = known[key]
-        setattr(getattr(cfg, section), key, _coerce(key, value, typ))
+        setattr(getattr(cfg, section), key, coerce(key, value, typ))
     validate(cfg)
     return cfg
 
@@ -284,7 +211,7 @@ def build_settings(cls: type, config_file: str | Path | None = None, overrides: 
     unknown = [key for key in values if key not in names]
     if unknown:
         raise ConfigError(f"unknown {what} {unknown[0]!r}; known: {', '.join(names)}")
-    coerced = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
+    coerced = {key: coerce(key, value, hints[key]) for key, value in values.items()}
     try:
         return cls(**coerced) if base is None else dataclasses.replace(base, **coerced)
     except ValueError as e:
@@ -344,16 +271,14 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r} must hold positive integers, got {getattr(m, key)}")
     if any(v < 0 for v in m.encoder_paddings):
         raise ConfigError(f"config key 'encoder_paddings' must not be negative, got {m.encoder_paddings}")
-    if d.num_workers < 0:
-        raise ConfigError(f"config key 'num_workers' must not be negative, got {d.num_workers}")
+    non_negative({"num_workers": d.num_workers, "warmup_steps": t.warmup_steps, "clip_grad": t.clip_grad,
+                  "weight_decay": t.weight_decay, "max_minutes": t.max_minutes})
+    check_seed("seed", t.seed)
     if m.context_layers < 0 or (m.context != "none" and m.context_layers == 0):
         raise ConfigError(f"config key 'context_layers' must be positive, got {m.context_layers}")
     if m.context == "transformer" and m.context_dim % m.context_heads:
         raise ConfigError(f"context_dim {m.context_dim} is not divisible by context_heads {m.context_heads}")
-    if t.max_minutes < 0:
-        raise ConfigError(f"config key 'max_minutes' must not be negative, got {t.max_minutes}")
-    if t.lr <= 0 or t.warmup_steps < 0 or t.clip_grad < 0 or t.weight_decay < 0:
-        raise ConfigError("lr must be positive; warmup_steps, clip_grad and weight_decay non-negative")
+    positive({"lr": t.lr})
     if not 0.0 <= m.context_dropout < 1.0:
         raise ConfigError(f"config key 'context_dropout' must be in [0, 1), got {m.context_dropout}")
     if m.context == "npc" and m.context_layers > 4:
@@ -374,6 +299,19 @@ def positive(values: dict[str, float]) -> None:
     for key, value in values.items():
         if value <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {value}")
+
+
+def non_negative(values: dict[str, float]) -> None:
+    """Refuse any of ``{key: value}`` that is negative."""
+    for key, value in values.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r} must not be negative, got {value}")
+
+
+def check_seed(key: str, seed: int) -> None:
+    """Refuse a seed numpy or torch would refuse mid-run (after files were written): ``[0, MAX_SEED]``."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"config key {key!r} must be a seed in [0, {MAX_SEED}], got {seed}")
 
 
 def bidirectional(model: ModelConfig) -> bool:

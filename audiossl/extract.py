@@ -63,6 +63,7 @@ from audiossl.features import (FORMATS, INDEX, INDEX_COLUMNS, META, NPZ_KEY, SOU
 from audiossl.lock import FolderLock
 from audiossl.models.baselines import build_baseline
 from audiossl.models.model import SSLModel
+from audiossl.stopping import ignore_in_worker, stop_point, stop_requested
 
 # FeatureError and FeatureSet are re-exported: probes and reports import them from here.
 __all__ = ["FeatureError", "FeatureSet", "extract", "forward_chunked", "open_source", "select_utterances"]
@@ -324,7 +325,7 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
     _check_inside(out_dir, folders, relative)
     dims = {name: model.encoder_dim if layer == "encoder" else model.context_dim for name, layer in layers.items()}
     for folder in folders.values():  # a killed run's temporary files; the lock keeps out live writers
-        remove_stale_temps(folder, recursive=True, owner_may_live=False)
+        remove_stale_temps(folder, recursive=True)
     for name, layer in layers.items():
         _prepare_folder(folders[name], {
             "version": VERSION, "layer": layer, "source": source, "dim": dims[name], "frame_rate": model.frame_rate,
@@ -349,7 +350,7 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
     batches = length_batches([u.num_samples / u.sample_rate for u in pending], batch_size, batch_seconds)
     journals = {name: open(folder / SOURCES, "a") for name, folder in folders.items()}
     loader = DataLoader(_AudioFiles(pending, model.sample_rate), batch_sampler=batches, collate_fn=_collate,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                        num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_in_worker)
     bar = tqdm(total=len(utterances), initial=len(num_frames), desc=f"extract {out_dir.name}", unit="utt",
                disable=not progress, dynamic_ncols=True)
     failed, audio_seconds, began = [], 0.0, time.perf_counter()
@@ -375,12 +376,15 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
         bar.update(len(indices) + len(failures))
         # Real-time factor: seconds of audio per wall-clock second.
         bar.set_postfix_str(f"{audio_seconds / max(time.perf_counter() - began, 1e-9):.1f}x real time")
+        if stop_requested():  # a stop signal: this batch's arrays are whole; the ones before the next are kept
+            break
     bar.close()
     for journal in journals.values():
         journal.close()
     added = len(num_frames) - reused - sum(u in num_frames for u in redone)
     print(f"{out_dir}: {reused} array set(s) reused, {added} added, {sum(u in num_frames for u in redone)} redone"
           + (f" (audio changed since, or no record of it: e.g. {', '.join(redone[:3])})" if redone else ""))
+    stop_point(f"after {len(num_frames)} of {len(utterances)} utterances (no index.tsv yet)")
 
     done = [u for u in utterances if u.id in num_frames]
     if not done:
@@ -390,9 +394,15 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
         tqdm.write(f"{len(failed)} of {len(utterances)} file(s) failed to decode and were skipped "
                    f"(e.g. {', '.join(failed[:3])}); running again retries them", file=sys.stderr)
     for name, folder in folders.items():
-        rows = [INDEX_COLUMNS, *((u.id, relative[u.id].as_posix(), num_frames[u.id], dims[name],
-                                  f"{model.frame_rate:g}", layers[name], source_label(source)) for u in done)]
-        index = "".join("\t".join(map(str, row)) + "\n" for row in rows).encode()
-        write_manifest(done, folder / UTTERANCES)
-        atomic_write(folder / INDEX, lambda f: f.write(index))
+        _write_index(folder, done, relative, num_frames, dims[name], f"{model.frame_rate:g}", layers[name], source)
     return {name: FeatureSet(folder) for name, folder in folders.items()}
+
+
+def _write_index(folder: Path, done: list[Utterance], relative: dict[str, PurePath], num_frames: dict[str, int],
+                 dim: int, frame_rate: str, layer: str, source: dict) -> None:
+    """``utterances.tsv``, then ``index.tsv``, whose presence marks the folder finished."""
+    rows = [INDEX_COLUMNS, *((u.id, relative[u.id].as_posix(), num_frames[u.id], dim, frame_rate, layer,
+                              source_label(source)) for u in done)]
+    index = "".join("\t".join(map(str, row)) + "\n" for row in rows).encode()
+    write_manifest(done, folder / UTTERANCES)
+    atomic_write(folder / INDEX, lambda f: f.write(index))

@@ -42,6 +42,9 @@ from dataclasses import dataclass
 
 import torch
 
+from audiossl.config import check_seed
+from audiossl.stopping import stop_point
+
 __all__ = ["KMeansResult", "KMeansSettings", "assign", "kmeans_plusplus", "minibatch_kmeans", "restart_dead_centres",
            "squared_distances"]
 
@@ -64,6 +67,7 @@ class KMeansSettings:
         if self.tol < 0 or self.init_size < 0:
             raise ValueError(f"k-means settings: tol and init_size must not be negative, got {self.tol}, "
                              f"{self.init_size}")
+        check_seed("seed", self.seed)
 
 
 @dataclass
@@ -213,6 +217,7 @@ def minibatch_kmeans(x: torch.Tensor, settings: KMeansSettings,
     history: list[float] = []
     reassigned, converged, epoch = 0, False, 0
     for epoch in range(1, settings.max_epochs + 1):
+        stop_point(f"before k-means epoch {epoch}")
         hits = torch.zeros(k, dtype=torch.int64, device=x.device)
         total = 0.0
         for number, index in enumerate(_epoch_batches(count, settings.batch_size, generator, x.device)):

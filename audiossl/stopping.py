@@ -18,13 +18,22 @@ Exit codes of ``audiossl train`` (docs/reliability.md lists them too): 0
 finished (max_steps reached), 1 failed, 2 user error (nothing trained), 3
 time budget spent (checkpoint written), 4 stopped by a signal (checkpoint
 written), 130 Ctrl-C twice (stopped without saving).
+
+The other long commands (``extract``, ``probe``, ``units fit``) handle the
+same signals the same way (:func:`handle_stop_signals`): their loops reach a
+:func:`stop_point` after each batch of files (extraction), each epoch (a
+probe's head, k-means) and each feature set scored, where stopping leaves
+nothing partial; there the command stops with one line saying how to go on,
+and exit 4.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -105,3 +114,55 @@ class StopRequests:
                  else f"the {self.max_minutes:g}-minute budget is spent")
         return (f"stopping at step {step}: {cause}; checkpoint written to {checkpoint}; "
                 f"the same command resumes (exit {code})")
+
+
+class Stopped(Exception):
+    """A command other than ``train`` stopped at a :func:`stop_point` on a stop signal.
+
+    Attributes:
+        where: what was finished ("after 4 of 12 utterances", "before epoch 3 of phone probe mfcc").
+        signal_name: the signal received (``SIGTERM``).
+    """
+
+    def __init__(self, where: str, signal_name: str):
+        super().__init__(f"stopping {where}: received {signal_name}")
+        self.where, self.signal_name = where, signal_name
+
+
+_handling: StopRequests | None = None  # the running command's, inside handle_stop_signals()
+
+
+@contextlib.contextmanager
+def handle_stop_signals() -> Iterator[StopRequests]:
+    """SIGTERM, SIGINT and SIGUSR1 only raise a flag, as in training, until the next :func:`stop_point`.
+
+    For a command whose long loops all reach stop points: one that never reached one would ignore a
+    scheduler's SIGTERM until it ends. A second Ctrl-C still stops at once (KeyboardInterrupt).
+    """
+    global _handling
+    with StopRequests() as requests:
+        outer, _handling = _handling, requests
+        try:
+            yield requests
+        finally:
+            _handling = outer
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal came since :func:`handle_stop_signals` began (for a loop that must tidy up
+    before its :func:`stop_point`)."""
+    return _handling is not None and bool(_handling.signum)
+
+
+def stop_point(where: str) -> None:
+    """Raise :class:`Stopped` if a stop signal came since :func:`handle_stop_signals` began; else nothing.
+
+    Called between units of work whose results are complete on disk (or not written at all), so stopping
+    here leaves nothing partial. Outside :func:`handle_stop_signals` (the library called from Python) it
+    never raises.
+
+    Args:
+        where: what is finished at this point, for the one line printed.
+    """
+    if stop_requested():
+        raise Stopped(where, _handling.signal_name)

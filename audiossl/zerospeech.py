@@ -24,6 +24,7 @@ before submitting. The 2021 validator accepts ``.txt`` files only;
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ import yaml
 from audiossl.atomic import atomic_write
 from audiossl.features import FeatureSet
 
-__all__ = ["FILE_TYPES", "META_FILE", "submission_meta", "write_submission"]
+__all__ = ["FILE_TYPES", "META_FILE", "check_ids", "check_subset", "submission_meta", "write_submission"]
 
 FILE_TYPES = ("npy", "txt")
 META_FILE = "meta.yaml"
@@ -59,6 +60,27 @@ def submission_meta(features: FeatureSet) -> dict:
     }
 
 
+def _plain(name: str) -> bool:
+    return bool(name) and Path(name).name == name and name not in (".", "..")
+
+
+def check_subset(subset: str) -> None:
+    """Refuse a subset that is not a plain folder name (it is a folder under ``OUT/phonetic``)."""
+    if not _plain(subset):
+        raise ValueError(f"subset {subset!r} must be a plain folder name such as dev-clean")
+
+
+def check_ids(ids: Iterable[str]) -> None:
+    """Refuse utterance ids that are not plain file names: each names a file in the subset's folder.
+
+    Checked before any extraction, so a refused submission leaves nothing half-written.
+    """
+    bad = [utt_id for utt_id in ids if not _plain(utt_id)]
+    if bad:
+        raise ValueError(f"{len(bad)} utterance id(s) are not plain file names, e.g. {', '.join(map(repr, bad[:3]))}; "
+                         "the ZeroSpeech layout names one file per id")
+
+
 def _text(array: np.ndarray) -> bytes:
     buffer = io.StringIO()
     np.savetxt(buffer, np.atleast_2d(array.astype(np.float32)), fmt="%.7g")
@@ -80,14 +102,12 @@ def write_submission(features: FeatureSet, out_dir: str | Path, subset: str, fil
     """
     if file_type not in FILE_TYPES:
         raise ValueError(f"file type {file_type!r} is not one of {', '.join(FILE_TYPES)}")
-    if not subset or Path(subset).name != subset or subset in (".", ".."):
-        raise ValueError(f"subset {subset!r} must be a plain folder name such as dev-clean")
+    check_subset(subset)
+    check_ids(features.num_frames)
     folder = Path(out_dir) / "phonetic" / subset
     written = []
     for utt_id in features.num_frames:
         path = folder / f"{utt_id}.{file_type}"
-        if path.parent != folder:
-            raise ValueError(f"utterance id {utt_id!r} is not a plain file name")
         array = features.load(utt_id).astype(np.float32)
         atomic_write(path, (lambda f, a=array: np.save(f, a)) if file_type == "npy"
                      else (lambda f, a=array: f.write(_text(a))))

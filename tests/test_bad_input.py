@@ -312,14 +312,15 @@ def test_alignment_problems_are_reported_by_id(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("colour=blue", "unknown config key 'colour'"),
     ("batch_size=four", "'batch_size': expected an integer"),
-    ("lr=-1", "lr must be positive"),
+    ("lr=-1", "'lr' must be positive"),
     ("window_samples=400", "shorter than the encoder's receptive field"),
     ("cpc_steps=25", "not more than cpc_steps=25"),
     ("cpc_negatives=200", "cpc_negatives=200 but only 79 frames"),
 ])
 def test_bad_config_is_one_line_before_any_work(tiny_corpus, tiny_overrides, tmp_path, capsys, override, message):
     exp = tmp_path / "exp"
-    args = train_args(tiny_corpus, exp, tiny_overrides) + [override]
+    key, value = override.split("=", 1)
+    args = train_args(tiny_corpus, exp, {**tiny_overrides, key: value})  # a key given twice is an error of its own
     assert main(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from audiossl.checkpoint import load_checkpoint
@@ -129,3 +130,66 @@ def test_module_entry_point_help():
     assert "usage: audiossl" in done.stdout
     for command in ("prepare", "train", "bench"):
         assert command in done.stdout
+
+
+def exit_code(argv: list[str]) -> int:
+    """main's return value, or the code argparse exits with for a bad option."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+LATIN1, TWICE = "latin1.yaml", "twice.yaml"
+
+
+BAD_SETTINGS = {
+    "lr=inf": (["train", "lr=inf"], "config key 'lr': expected a finite number, got 'inf'"),
+    "lr=1e400": (["train", "lr=1e400"], "config key 'lr': expected a finite number, got '1e400'"),
+    "lr=nan": (["train", "lr=nan"], "config key 'lr': expected a finite number"),
+    "weight_decay=nan": (["train", "weight_decay=nan"], "config key 'weight_decay': expected a finite number"),
+    "clip_grad=nan": (["train", "clip_grad=nan"], "config key 'clip_grad': expected a finite number"),
+    "seed=-1": (["train", "seed=-1"], "config key 'seed' must be a seed in [0, 4294967295], got -1"),
+    "lr twice": (["train", "lr=0.1", "lr=0.3"], "override 'lr' is given twice (lr=0.1 and lr=0.3)"),
+    "yaml key twice": (["train", "--config", "{tmp}/" + TWICE], "twice.yaml: key 'lr' is given twice (lines 1 and 2)"),
+    "non-utf8 config": (["train", "--config", "{tmp}/" + LATIN1], "latin1.yaml: not a UTF-8 text file (byte 0xe9"),
+    "probe phone seed=-1": (["probe", "phone", "--alignments", "{tmp}/a.txt", "seed=-1"],
+                            "config key 'seed' must be a seed"),
+    "extract --chunk-seconds nan": (["extract", "--chunk-seconds", "nan"],
+                                    "argument --chunk-seconds: expected a number of at least 0, got 'nan'"),
+    "extract --num-workers -1": (["extract", "--num-workers", "-1"],
+                                 "argument --num-workers: expected an integer of at least 0, got '-1'"),
+}
+
+
+@pytest.mark.parametrize("argv, needle", BAD_SETTINGS.values(), ids=BAD_SETTINGS)
+def test_bad_settings_are_one_line_before_anything_is_written(argv, needle, tiny_corpus, tmp_path, capsys):
+    """Each was a traceback, or silently accepted, or failed after config.yaml, tb/ and train_log.tsv were written."""
+    (tmp_path / TWICE).write_text("lr: 0.1\nlr: 0.2\n")
+    (tmp_path / LATIN1).write_bytes(b"# caf\xe9\nlr: 0.1\n")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    where = {"train": ["--data", str(tiny_corpus), "--exp-dir", str(tmp_path / "exp"), "--no-progress"],
+             "probe": ["--baseline", "mfcc", "--data", str(tiny_corpus), "--out", str(tmp_path / "out"),
+                       "--no-progress"],
+             "extract": ["--baseline", "mfcc", "--data", str(tiny_corpus), "--out", str(tmp_path / "out"),
+                         "--no-progress"]}[argv[0]]
+    before = tree(tmp_path)
+    assert exit_code(argv[:2] + where + argv[2:] if argv[0] == "probe" else argv[:1] + where + argv[1:]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith(f"audiossl {argv[0]}") and needle in lines[0], lines[0]
+    assert captured.out == "" and tree(tmp_path) == before  # nothing printed, scanned or written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_where_there_is_none_is_a_user_error(tiny_corpus, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_corpus), "--exp-dir", str(tmp_path / "exp"), "device=cuda"]
+    assert main(argv) == 2  # a user error (it was 1, "the run failed", after the folder was made)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["audiossl train: error: device 'cuda' asked for, but CUDA is not available"]
+    assert not (tmp_path / "exp").exists()

@@ -185,3 +185,63 @@ def test_probe_settings_read_like_training_config(tmp_path):
     assert build_settings(ItemABXSettings, overrides={"speaker_modes": "[within, across]"}).speaker_modes == (
         "within", "across")
     assert settings_help(ItemABXSettings).startswith("speaker_modes=within,across, context_modes=within,any")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", float("nan"), float("inf")])
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "clip_grad", "max_minutes", "cpc_temperature"])
+def test_non_finite_numbers_are_refused_naming_the_key(key, value):
+    """nan passes `lr <= 0` and inf passes any upper bound: every number must be finite, from text or YAML."""
+    with pytest.raises(ConfigError, match=f"config key '{key}': expected a finite number"):
+        build_config(overrides={key: value})
+
+
+def test_non_finite_numbers_in_a_file_and_in_probe_settings_are_refused(tmp_path):
+    from audiossl.probes.linear import ProbeSettings
+
+    path = tmp_path / "conf.yaml"
+    path.write_text("lr: .nan\n")  # YAML's own NaN: a float, not a string
+    with pytest.raises(ConfigError, match="'lr': expected a finite number"):
+        build_config(path)
+    for value in ("nan", "inf", "1e400"):
+        with pytest.raises(ConfigError, match="'lr': expected a finite number"):
+            build_settings(ProbeSettings, overrides={"lr": value})
+
+
+@pytest.mark.parametrize("seed, ok", [(-1, False), (0, True), (2**32 - 1, True), (2**32, False)])
+def test_seeds_outside_what_numpy_takes_are_refused(seed, ok):
+    """numpy refuses a negative seed mid-run, after config.yaml and the logs were written: refused up front."""
+    from audiossl.probes.abx import ABXSettings
+    from audiossl.probes.linear import ProbeSettings
+
+    for build in (lambda: build_config(overrides={"seed": seed}),
+                  lambda: build_settings(ProbeSettings, overrides={"seed": str(seed)}),
+                  lambda: build_settings(ABXSettings, overrides={"seed": str(seed)})):
+        if ok:
+            build()
+        else:
+            with pytest.raises(ConfigError, match="'seed' must be a seed in"):
+                build()
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    """PyYAML and a dict keep the last value silently; both are refused, naming the key."""
+    path = tmp_path / "conf.yaml"
+    path.write_text("lr: 0.1\nbatch_size: 4\nlr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"conf.yaml: key 'lr' is given twice \(lines 1 and 3\)"):
+        build_config(path)
+    with pytest.raises(ConfigError, match=r"override 'lr' is given twice \(lr=0.1 and lr=0.3\)"):
+        parse_overrides(["lr=0.1", "lr=0.3"])
+    with pytest.raises(ConfigError, match="override 'context_dim' is given twice"):
+        parse_overrides(["context-dim=32", "context_dim=16"])
+    # Once on the command line over the file is what an override is for.
+    path.write_text("lr: 0.1\n")
+    assert build_config(path, parse_overrides(["lr=0.3"])).train.lr == 0.3
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "conf.yaml"
+    path.write_bytes(b"lr: 0.1\n# caf\xe9\n")  # Latin-1
+    with pytest.raises(ConfigError) as error:
+        build_config(path)
+    assert str(error.value) == (f"{path}: not a UTF-8 text file (byte 0xe9 at offset 13); config files are YAML "
+                                "text")

@@ -250,6 +250,17 @@ def test_too_many_nonfinite_steps_stop_without_saving(tiny_corpus, tiny_override
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
+def test_nonfinite_stop_before_any_checkpoint_names_none(tiny_corpus, tiny_overrides, tmp_path, monkeypatch, capsys):
+    """The stop named exp/checkpoint.pt as "last checkpoint" when none had been written (lr=inf did that)."""
+    exp = tmp_path / "exp"
+    _inject_nonfinite(monkeypatch, lambda call: True, "nan_loss")
+    assert main(cli_args(tiny_corpus, exp, {**tiny_overrides, "max_nonfinite": 2})) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("2 non-finite losses or gradients in a row at step 1; stopping without saving "
+                         "(no checkpoint yet)"), line
+    assert not (exp / "checkpoint.pt").exists()
+
+
 def test_crash_while_writing_features_leaves_no_partial_array(tiny_corpus, tmp_path, monkeypatch, capsys):
     import numpy as np
 

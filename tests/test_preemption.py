@@ -1,9 +1,11 @@
-"""Preemption: SIGTERM, SIGINT and SIGUSR1 during training, in one process and under torchrun.
+"""Preemption: SIGTERM, SIGINT and SIGUSR1 during training, in one process and under torchrun, and SIGTERM
+during ``extract`` and ``probe phone``.
 
-Each test delivers a real signal in the middle of a step and checks what a
-requeue script relies on: the step finishes, the checkpoint holds it (every
-rank's RNG state under torchrun), one line says so, the exit code is
-``EXIT_SIGNAL`` (distinct from finished and from the time budget's
+Each test delivers a real signal in the middle of a step (a batch of files, an
+epoch) and checks what a requeue script relies on: the step finishes, the
+checkpoint holds it (every rank's RNG state under torchrun; the arrays written,
+for extraction), nothing partial is written, one line says so, the exit code
+is ``EXIT_SIGNAL`` (distinct from finished and from the time budget's
 ``EXIT_BUDGET``), and the same command resumes from there.
 """
 
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from audiossl.checkpoint import load_checkpoint
 from audiossl.cli import main
@@ -126,3 +129,69 @@ def test_sigterm_under_torchrun_checkpoints_every_rank_at_one_step(tiny_corpus, 
     assert f"stopping at step {ckpt['step']}:" in out
     assert logged_steps(exp) == list(range(1, ckpt["step"] + 1))
     assert not list(exp.glob(".checkpoint.pt.tmp*"))
+
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def test_sigterm_stops_extract_after_the_current_batch(tiny_corpus, tmp_path, capsys, monkeypatch):
+    """extract died at once on SIGTERM (exit 143, no message); now it finishes the batch, as training its step."""
+    import audiossl.extract
+
+    out, before = tmp_path / "features", signal.getsignal(signal.SIGTERM)
+    argv = ["extract", "--baseline", "mfcc", "--data", str(tiny_corpus), "--out", str(out), "--batch-size", "2",
+            "--num-workers", "0", "--no-progress"]
+    forward, calls = audiossl.extract.forward_chunked, []
+
+    def signalled_in_batch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(audiossl.extract, "forward_chunked", signalled_in_batch_2)
+    assert main(argv) == EXIT_SIGNAL
+    out_text = capsys.readouterr().out
+    assert ("stopping after 4 of 12 utterances (no index.tsv yet): received SIGTERM; the arrays written are kept "
+            f"and the same command resumes from them (exit {EXIT_SIGNAL})") in out_text
+    assert len(calls) == 2 and len(list((out / "mfcc").rglob("*.npy"))) == 4  # batch 2 finished, nothing after
+    assert not (out / "mfcc" / "index.tsv").exists() and not list(out.rglob(".*.tmp*"))
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    monkeypatch.undo()
+    assert main(argv) == EXIT_FINISHED
+    assert "4 array set(s) reused, 8 added" in capsys.readouterr().out
+    assert (out / "mfcc" / "index.tsv").exists()
+
+
+def test_sigterm_stops_probe_phone_after_the_current_epoch(tmp_path, capsys, monkeypatch):
+    """probe phone died at once on SIGTERM; now the epoch finishes, no result is written, and exit 4."""
+    splits = {}
+    for name, count in (("train", 10), ("test", 4)):
+        splits[name] = tmp_path / f"{name}.txt"
+        splits[name].write_text("\n".join((DEMO / f"{name}_split.txt").read_text().split()[:count]) + "\n")
+    out = tmp_path / "probe"
+    argv = ["probe", "phone", "--baseline", "mfcc", "--data", str(DEMO), "--alignments",
+            str(DEMO / "converted_aligned_phones.txt"), "--train-split", str(splits["train"]), "--test-split",
+            str(splits["test"]), "--baselines", "none", "--out", str(out), "--num-workers", "0", "--no-progress",
+            "epochs=3", "batch_size=256"]
+    cross_entropy, calls = torch.nn.functional.cross_entropy, []
+
+    def signalled_in_epoch_1(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", signalled_in_epoch_1)
+    assert main(argv) == EXIT_SIGNAL
+    assert ("stopping before epoch 2 of the phone probe mfcc: received SIGTERM; no result is written; the same "
+            f"command runs the probe again, reusing the features extracted so far (exit {EXIT_SIGNAL})"
+            ) in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["features"]  # no metrics.json, report.txt or tb/
+    assert (out / "features" / "mfcc" / "index.tsv").exists()
+
+    monkeypatch.undo()
+    assert main(argv) == EXIT_FINISHED
+    assert "14 array set(s) reused, 0 added" in capsys.readouterr().out
+    assert (out / "metrics.json").exists()

@@ -245,6 +245,24 @@ def test_probes_report_split_utterances_they_cannot_use(demo_mfcc, tmp_path):
     assert "dropped from mfcc: 2 split utterance(s) without features" in format_report(report)
 
 
+def test_metrics_record_the_utterances_scored_beside_those_requested(demo_mfcc, tmp_path):
+    """52 split utterances without alignments were dropped, yet metrics.json said 88 / 24 and nothing else."""
+    train_ids, test_ids = (SPLITS[s].read_text().split() for s in ("train_split", "test_split"))
+    unaligned = set(train_ids[:40] + test_ids[:12])
+    alignments = tmp_path / "alignments.txt"
+    alignments.write_text("".join(line + "\n" for line in ALIGNMENTS.read_text().splitlines()
+                                  if line.split()[0] not in unaligned))
+    report = phone_probe(demo_mfcc, alignments, layers=["mfcc"], baselines=[], settings=FAST, progress=False,
+                         **SPLITS)
+    (row,) = report["results"]
+    assert (report["train_utterances"], report["test_utterances"]) == (88, 24)  # requested: the splits
+    assert row["missing"]["alignments"]["count"] == 52
+    assert (row["train_utterances"] + row["heldout_utterances"], row["test_utterances"]) == (48, 12)  # scored
+    assert row["heldout_utterances"] == sum(u not in unaligned for u in heldout_split(train_ids, 0.1, FAST.seed)[1])
+    assert f"88 training utterances ({report['heldout_utterances']} held out to choose the epoch) / 24 test; " \
+           f"scored 48 ({row['heldout_utterances']}) / 12" in format_report(report)
+
+
 def test_speaker_probe_on_default_split(demo_mfcc):
     report = speaker_probe(demo_mfcc, layers=["mfcc"], baselines=[], progress=False,
                            settings=ProbeSettings(epochs=30, batch_size=16))

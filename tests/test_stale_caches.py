@@ -78,23 +78,25 @@ def test_extract_removes_the_temporary_files_of_a_killed_run(tiny_corpus, tmp_pa
 
 def test_training_manifest_follows_added_changed_and_removed_files(tiny_corpus, tiny_overrides, tmp_path, capsys):
     exp = tmp_path / "exp"
-    args = ["train", "--data", str(tiny_corpus), "--exp-dir", str(exp), "--no-progress",
-            *(f"{k}={v}" for k, v in {**tiny_overrides, "max_steps": 1}.items())]
-    assert main(args) == 0
+    def args(steps: int) -> list[str]:
+        return ["train", "--data", str(tiny_corpus), "--exp-dir", str(exp), "--no-progress",
+                *(f"{k}={v}" for k, v in {**tiny_overrides, "max_steps": steps}.items())]
+
+    assert main(args(1)) == 0
     files = sorted(tiny_corpus.rglob("*.flac"))
     rewrite(files[0], 2.0, seed=3)
     files[1].unlink()
     new = files[2].with_name(files[2].stem[:-4] + "0007.flac")
     rewrite(new, 1.5, seed=4)
     capsys.readouterr()
-    assert main(args[:-1] + ["max_steps=2"]) == 0
+    assert main(args(2)) == 0
     out = capsys.readouterr().out
     assert "10 files reused, 1 added, 1 changed and scanned again, 1 gone" in out
     manifest = {u.id: u for u in read_manifest(exp / "manifest.tsv")}
     assert len(manifest) == 12 and files[1].stem not in manifest and new.stem in manifest
     assert manifest[files[0].stem].num_samples == 2 * RATE
     capsys.readouterr()
-    assert main(args[:-1] + ["max_steps=3"]) == 0
+    assert main(args(3)) == 0
     assert "reused the scan of all 12 files" in capsys.readouterr().out
 
 

@@ -47,3 +47,24 @@ def test_zerospeech_layout_needs_one_layer(tmp_path, tiny_corpus, capsys):
     assert main(["extract", "--ckpt", str(tmp_path / "none.pt"), "--layer", "encoder,context", "--data",
                  str(tiny_corpus), "--out", str(tmp_path / "b"), "--format", "zerospeech", "--no-progress"]) == 2
     assert "one --layer, not encoder, context" in capsys.readouterr().err
+
+
+def test_zerospeech_ids_and_subset_are_checked_before_any_work(tmp_path, tiny_corpus, capsys):
+    """An id such as '.' was refused only after the whole extraction, leaving a half-written OUT/phonetic; a
+    manifest named the subset after its file (dot.tsv -> 'dot')."""
+    manifest = tmp_path / "dot.tsv"
+    assert main(["prepare", "--data", str(tiny_corpus), "--out", str(manifest)]) == 0
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0], ".\t" + lines[1].split("\t", 1)[1], *lines[2:]]) + "\n")
+    capsys.readouterr()
+    out = tmp_path / "submission"
+    run = ["extract", "--baseline", "mfcc", "--data", str(manifest), "--out", str(out), "--format", "zerospeech",
+           "--no-progress", "--num-workers", "0"]
+    cases = ((["--zerospeech-subset", "dev-clean"], "1 utterance id(s) are not plain file names, e.g. '.'"),
+             ([], "name the subset with --zerospeech-subset"),
+             (["--zerospeech-subset", "../up"], "subset '../up' must be a plain folder name"))
+    for extra, needle in cases:
+        assert main(run + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+        assert not out.exists()  # nothing extracted, nothing half-written

@@ -2,9 +2,12 @@
 
 Exit codes: 0 done; 1 the run failed (``audiossl train``: non-finite losses,
 unreadable data mid-run; any command: the disk filled up); 2 a user error,
-found before any work; 3 and 4 ``audiossl train`` stopped early with a
-checkpoint, by its time budget or by a signal (see :mod:`audiossl.stopping`);
-130 interrupted (Ctrl-C twice during training, once elsewhere).
+found before any work (or a path that cannot be written: read-only, a file
+where a folder goes; a bad option or setting is one line, without argparse's
+usage block); 3 and 4 ``audiossl train`` stopped early with a checkpoint, by
+its time budget or by a signal (see :mod:`audiossl.stopping`); 4 also
+``extract``, ``probe`` and ``units fit`` stopped by a signal where nothing is
+partial; 130 interrupted (Ctrl-C twice in those, once elsewhere).
 
 One module per command, each adding its parser (``add_parser``) and handling it (``cmd_*``):
 :mod:`~audiossl.cli.prepare`, :mod:`~audiossl.cli.train`, :mod:`~audiossl.cli.bench`,
@@ -16,6 +19,7 @@ One module per command, each adding its parser (``add_parser``) and handling it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import sys
 
@@ -32,15 +36,34 @@ from audiossl.extract import FeatureError
 from audiossl.lock import FolderLocked
 from audiossl.probes import ProbeError
 from audiossl.resume import ResumeError
-from audiossl.stopping import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from audiossl.stopping import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SIGNAL, EXIT_USAGE, Stopped, handle_stop_signals
 
 # Errors that are the user's to fix: one line, no traceback.
 USER_ERRORS = (ConfigError, CorpusError, AudioError, CheckpointError, FeatureError, ProbeError, FileNotFoundError,
                ResumeError, FolderLocked, UnitsError)
+# OSErrors that say a path cannot be used as given (--out or --exp-dir read-only, a file where a folder goes):
+# the user's to fix, one line naming the path (exit 2).
+UNUSABLE_PATHS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted", errno.EEXIST: "it exists and is not a folder",
+                  errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EISDIR: "it is a folder"}
+
+# What a command stopped by a signal leaves, and how to go on (``train`` says it itself).
+AFTER_STOP = {
+    "extract": "the arrays written are kept and the same command resumes from them",
+    "probe": "no result is written; the same command runs the probe again, reusing the features extracted so far",
+    "units": "no unit model is written; the same command fits again",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a bad option as one line naming it (exit 2), as every other user error, not a usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="audiossl", description="Self-supervised speech representation learning.")
+    parser = Parser(prog="audiossl", description="Self-supervised speech representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in (prepare, train, bench, extract):
         command.add_parser(sub)
@@ -71,8 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if argv is None:  # run as a program, not called from Python: the process is ours to replace
         reexec_under_tcmalloc(args.command, sys.argv[1:])
+    # Training handles its signals itself; these commands stop at their loops' stop points.
+    stoppable = args.command in ("extract", "probe") or (args.command == "units" and args.action == "fit")
     try:
-        return args.func(args)
+        with handle_stop_signals() if stoppable else contextlib.nullcontext():
+            return args.func(args)
+    except Stopped as e:
+        print(f"{e}; {AFTER_STOP[args.command]} (exit {EXIT_SIGNAL})")
+        return EXIT_SIGNAL
     except USER_ERRORS as e:
         print(f"audiossl {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -80,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audiossl {args.command}: error: {e.strerror}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as e:
+        if e.errno in UNUSABLE_PATHS and e.filename:
+            print(f"audiossl {args.command}: error: cannot use {e.filename}: {UNUSABLE_PATHS[e.errno]}",
+                  file=sys.stderr)
+            return EXIT_USAGE
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f" writing {e.filename}" if e.filename else ""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from audiossl.cli.options import device_from, layers_from, name_list, print_config
+from audiossl.cli.options import (count, device_from, layers_from, name_list, non_negative_float, positive_float,
+                                  positive_int, print_config)
 from audiossl.config import ConfigError
 from audiossl.models.baselines import BASELINES
 
@@ -25,22 +26,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "zerospeech: the ZeroSpeech 2021 submission layout (OUT/phonetic/<subset>/<id>.npy|.txt and "
                    "OUT/meta.yaml, written from an extraction into OUT/features)")
     p.add_argument("--zerospeech-subset", help="--format zerospeech: the folder under OUT/phonetic (default: the "
-                   "--data folder's name, e.g. dev-clean)")
+                   "--data folder's name, e.g. dev-clean; required with a manifest)")
     p.add_argument("--zerospeech-file", choices=["npy", "txt"], default="npy",
                    help="--format zerospeech: .npy (zrc-abx2's default) or .txt (what zerospeech2021-validate "
                    "accepts)")
     p.add_argument("--ids", action="append", metavar="FILE",
                    help="only the utterances listed (one id per line; repeatable, e.g. train and test splits)")
-    p.add_argument("--batch-size", type=int, default=8, help="most utterances per forward pass")
-    p.add_argument("--batch-seconds", type=float, default=160.0,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="most utterances per forward pass")
+    p.add_argument("--batch-seconds", type=positive_float, default=160.0,
                    help="most padded audio per forward pass (utterances x the longest); longer files go alone")
-    p.add_argument("--chunk-seconds", type=float, default=0.0,
+    p.add_argument("--chunk-seconds", type=non_negative_float, default=0.0,
                    help="encode long files this many seconds at a time, same result (0: whole files)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="arrays on disk")
-    p.add_argument("--sample-rate", type=int, default=16000, help="audio rate for --baseline features")
+    p.add_argument("--sample-rate", type=positive_int, default=16000, help="audio rate for --baseline features")
     p.add_argument("--speaker-level", type=int, default=-1, help="folder level naming the speaker (non-LibriSpeech)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--num-workers", type=int, default=2, help="audio decoding processes")
+    p.add_argument("--num-workers", type=count, default=2, help="audio decoding processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 
@@ -52,9 +53,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     device = device_from(args.device)
     zerospeech = args.format == "zerospeech"
-    if zerospeech and len(layers_from(args)) != 1:
-        raise ConfigError(f"--format zerospeech writes one representation: give one --layer, not "
-                          f"{', '.join(layers_from(args))}")
+    subset = check_zerospeech(args) if zerospeech else None
     model, layers, source = open_source(args.ckpt, args.baseline, layers_from(args), device, args.sample_rate)
     if args.ckpt:
         print_config(model.config)
@@ -64,6 +63,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                              progress=not args.no_progress)
     for p in problems:
         print(f"skipped {p.path}: {p.reason}")
+    if zerospeech:  # before any work: a refused submission must leave nothing half-written
+        from audiossl.zerospeech import check_ids
+
+        try:
+            check_ids(u.id for u in utterances)
+        except ValueError as e:
+            raise ConfigError(f"--format zerospeech with {args.data}: {e}") from None
     # The ZeroSpeech layout is written from a regular extraction (OUT/features), which a re-run resumes.
     out = Path(args.out) / "features" if zerospeech else Path(args.out)
     print(f"# extracting {', '.join(layers)} of {len(utterances)} utterances at {model.frame_rate:g} frames/s "
@@ -83,7 +89,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if zerospeech:
         from audiossl.zerospeech import write_submission
 
-        subset = args.zerospeech_subset or Path(args.data).resolve().name
         try:
             written = write_submission(next(iter(sets.values())), args.out, subset, args.zerospeech_file)
         except ValueError as e:
@@ -91,3 +96,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"ZeroSpeech layout: {len(written) - 1} files in {Path(args.out) / 'phonetic' / subset}, "
               f"{written[-1]} (edit its author, affiliation and train_set)")
     return 0
+
+
+def check_zerospeech(args: argparse.Namespace) -> str:
+    """What ``--format zerospeech`` needs, checked before any work: one layer, and the folder under
+    ``OUT/phonetic``, which it returns: ``--zerospeech-subset``, else the ``--data`` folder's name (a manifest's
+    file name is no LibriSpeech subset: refused), a plain folder name."""
+    from pathlib import Path
+
+    from audiossl.zerospeech import check_subset
+
+    if len(layers_from(args)) != 1:
+        raise ConfigError(f"--format zerospeech writes one representation: give one --layer, not "
+                          f"{', '.join(layers_from(args))}")
+    if args.zerospeech_subset is None and Path(args.data).is_file():
+        raise ConfigError(f"--format zerospeech with a manifest ({args.data}): name the subset with "
+                          "--zerospeech-subset (dev-clean, dev-other, test-clean or test-other)")
+    subset = args.zerospeech_subset or Path(args.data).resolve().name
+    try:
+        check_subset(subset)
+    except ValueError as e:
+        raise ConfigError(f"--zerospeech-subset: {e}") from None
+    return subset

@@ -1,13 +1,14 @@
-"""What several commands share: the config and its ``key=value`` overrides, the device, the layers to read and
-comma-separated names."""
+"""What several commands share: the config and its ``key=value`` overrides, the device, the layers to read,
+comma-separated names, and the numbers options take."""
 
 from __future__ import annotations
 
 import argparse
+import math
 
 import yaml
 
-from audiossl.config import ConfigError, build_config, build_settings, parse_overrides
+from audiossl.config import MAX_SEED, ConfigError, build_config, build_settings, parse_overrides
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -61,3 +62,39 @@ def layers_from(args: argparse.Namespace) -> list[str]:
 def name_list(text: str) -> list[str]:
     """``"a,b"`` -> ``["a", "b"]``; ``"none"`` -> ``[]``."""
     return [] if text == "none" else [name for name in text.split(",") if name]
+
+
+def _number(text: str, kind: type, what: str, admits) -> int | float:
+    """``text`` as a finite ``kind`` that ``admits``, or argparse's error naming the option (one line, exit 2).
+
+    Checked while parsing, so a bad value stops a command before it reads or writes anything (``nan`` and
+    ``inf``, which pass any comparison written as a range check, included).
+    """
+    try:
+        value = kind(text)
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not math.isfinite(value) or not admits(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, "a positive integer", lambda v: v > 0)
+
+
+def count(text: str) -> int:
+    """A number of things, 0 included (``--num-workers``, ``--window-frames``)."""
+    return _number(text, int, "an integer of at least 0", lambda v: v >= 0)
+
+
+def seed(text: str) -> int:
+    return _number(text, int, f"a seed in [0, {MAX_SEED}]", lambda v: 0 <= v <= MAX_SEED)
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, "a positive number", lambda v: v > 0)
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, "a number of at least 0", lambda v: v >= 0)

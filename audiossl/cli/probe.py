@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from audiossl.cli.options import add_settings_args, device_from, layers_from, name_list, settings_from
+from audiossl.cli.options import add_settings_args, count, device_from, layers_from, name_list, settings_from
 from audiossl.config import ConfigError, settings_help
 from audiossl.models.baselines import BASELINES
 
@@ -31,7 +31,7 @@ def probe_options(source_required: bool) -> argparse.ArgumentParser:
                         help="hand-made floors probed beside the main source (default: mfcc,logmel; with "
                         "--baseline: none; 'none' for none)")
     shared.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    shared.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for extraction")
+    shared.add_argument("--num-workers", type=count, default=2, help="audio decoding processes for extraction")
     shared.add_argument("--out", help="output folder: metrics.json, report.txt, tb/ (TensorBoard curves) and, "
                         "with --ckpt or --baseline, the extracted features")
     shared.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -85,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     t = tasks.add_parser("speaker", parents=[shared, fit], help="speaker per utterance (mean-pooled) or per window",
                          epilog="settings (audiossl.probes.linear.ProbeSettings): "
                          + settings_help(ProbeSettings, DEFAULT_SETTINGS["speaker"]))
-    t.add_argument("--window-frames", type=int, default=0,
+    t.add_argument("--window-frames", type=count, default=0,
                    help="frames per example (default 0: whole utterances; CPC_audio uses 128)")
     t.add_argument("--pool", choices=["mean", "last"], default="mean", help="pool a window by its mean or last frame")
     p.set_defaults(func=cmd_probe)

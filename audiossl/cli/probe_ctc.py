@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import json
 
-from audiossl.cli.options import device_from, layers_from, settings_from
+from audiossl.cli.options import device_from, layers_from, positive_int, settings_from
 from audiossl.cli.probe import floors, probe_options, show, trained_probe_options
 from audiossl.config import settings_help
 
@@ -28,7 +28,7 @@ def add_parser(tasks: argparse._SubParsersAction) -> None:
                          help="CTC recognition of sentencepiece pieces; character and word error rates", epilog=epilog)
     t.add_argument("--transcripts", action="append", metavar="PATH",
                    help="transcript file or folder of *.trans.txt (repeatable; default: those beside the audio)")
-    t.add_argument("--vocab-size", type=int, default=100, help="most sentencepiece pieces")
+    t.add_argument("--vocab-size", type=positive_int, default=100, help="most sentencepiece pieces")
     t.add_argument("--sp-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece model type")
     t.add_argument("--units", help="sentencepiece model file, trained if absent (default: OUT/units.model)")
     t.set_defaults(func=cmd_probe_ctc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from audiossl.cli.options import add_settings_args, device_from, name_list, settings_from
+from audiossl.cli.options import add_settings_args, count, device_from, name_list, settings_from
 from audiossl.cli.probe import show
 from audiossl.config import settings_help
 
@@ -26,7 +26,7 @@ def add_parser(tasks: argparse._SubParsersAction) -> None:
                    help="hand-made floors clustered with the same settings (default: mfcc,logmel; 'none' for none)")
     add_settings_args(t, "ABX (of the one-hot units)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--num-workers", type=int, default=2, help="audio decoding processes for the floors")
+    t.add_argument("--num-workers", type=count, default=2, help="audio decoding processes for the floors")
     t.add_argument("--out", help="output folder: metrics.json, report.txt and the floors' k-means (kmeans_<floor>)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_probe_units)

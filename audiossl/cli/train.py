@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from audiossl.cli.options import add_config_args, config_from, print_config
+from audiossl.cli.options import add_config_args, config_from, device_from, print_config
 from audiossl.stopping import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED
 
 
@@ -27,6 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from audiossl.train import TrainingError, train
 
     cfg = config_from(args)
+    device_from(cfg.train.device)  # CUDA asked for where there is none: a user error, before the folder is made
     if os.environ.get("RANK", "0") == "0":
         print_config(cfg)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from audiossl.cli.options import device_from
+from audiossl.cli.options import count, device_from, non_negative_float, positive_int, seed
 from audiossl.config import ConfigError
 
 
@@ -25,21 +25,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = actions.add_parser("fit", parents=[common], help="k-means (k-means++ start, mini-batches) on a seeded "
                            "sample of frames; a folder fitted with the same settings is kept")
     t.add_argument("--layer", default="context", help="layer folder of --features to cluster")
-    t.add_argument("--k", type=int, default=fit_defaults.kmeans.k, help="units (clusters)")
-    t.add_argument("--max-frames", type=int, default=fit_defaults.max_frames,
+    t.add_argument("--k", type=positive_int, default=fit_defaults.kmeans.k, help="units (clusters)")
+    t.add_argument("--max-frames", type=count, default=fit_defaults.max_frames,
                    help="frames drawn to fit on, uniformly over every frame of the utterances (0: all)")
     t.add_argument("--standardize", choices=STANDARDIZE, default=fit_defaults.standardize,
                    help="scale every dimension to zero mean and unit variance before clustering, with each "
                    "utterance's own statistics (utterance, the default) or the fitting sample's (global, kept in "
                    "the model)")
     t.add_argument("--no-standardize", action="store_true", help="cluster the raw features (--standardize none)")
-    t.add_argument("--batch-size", type=int, default=fit_defaults.kmeans.batch_size, help="frames per mini-batch")
-    t.add_argument("--max-epochs", type=int, default=fit_defaults.kmeans.max_epochs, help="most passes over the sample")
-    t.add_argument("--tol", type=float, default=fit_defaults.kmeans.tol,
+    t.add_argument("--batch-size", type=positive_int, default=fit_defaults.kmeans.batch_size,
+                   help="frames per mini-batch")
+    t.add_argument("--max-epochs", type=positive_int, default=fit_defaults.kmeans.max_epochs,
+                   help="most passes over the sample")
+    t.add_argument("--tol", type=non_negative_float, default=fit_defaults.kmeans.tol,
                    help="stop when an epoch lowers the mean squared distance by less than this fraction")
-    t.add_argument("--init-size", type=int, default=fit_defaults.kmeans.init_size,
+    t.add_argument("--init-size", type=count, default=fit_defaults.kmeans.init_size,
                    help="frames the k-means++ start sees (0: 3 x --batch-size)")
-    t.add_argument("--seed", type=int, default=fit_defaults.kmeans.seed, help="frame sample and k-means")
+    t.add_argument("--seed", type=seed, default=fit_defaults.kmeans.seed, help="frame sample and k-means")
     t.set_defaults(func=cmd_units)
     t = actions.add_parser("assign", parents=[common], help="unit sequences (ZeroSpeech 2021 text) and one-hot "
                            "features of every utterance; re-running resumes")

@@ -70,9 +70,12 @@ class NPCObjective(nn.Module):
         m, o = cfg.model, cfg.objective
         if o.npc_vq_groups < 0:
             raise ConfigError(f"config key 'npc_vq_groups' must not be negative, got {o.npc_vq_groups}")
-        if o.npc_vq_groups and (o.npc_vq_codes < 2 or m.context_dim % o.npc_vq_groups or o.npc_vq_temperature <= 0):
-            raise ConfigError(f"NPC's VQ needs npc_vq_codes >= 2, a positive npc_vq_temperature and context_dim "
-                              f"{m.context_dim} divisible by npc_vq_groups {o.npc_vq_groups}")
+        if o.npc_vq_codes < 2 or o.npc_vq_temperature <= 0:  # refused even unused: a later vq_groups would find it
+            raise ConfigError(f"NPC's VQ needs npc_vq_codes >= 2 and a positive npc_vq_temperature, got "
+                              f"{o.npc_vq_codes} and {o.npc_vq_temperature}")
+        if o.npc_vq_groups and m.context_dim % o.npc_vq_groups:
+            raise ConfigError(f"NPC's VQ needs context_dim {m.context_dim} divisible by npc_vq_groups "
+                              f"{o.npc_vq_groups}")
         if chosen and m.context != "npc":
             raise ConfigError(f"objective npc needs context: npc (its masked-conv network), got context: {m.context}")
 

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiossl.config import check_seed
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.probes.abx_items import Items, find_items
 from audiossl.models.baselines import BASELINES
@@ -86,6 +87,7 @@ class ABXSettings:
         if self.max_triples_per_item < 0 or self.context_frames < 0:
             raise ValueError(f"ABX settings: max_triples_per_item and context_frames must not be negative, "
                              f"got {self.max_triples_per_item}, {self.context_frames}")
+        check_seed("seed", self.seed)
 
 
 def _context_key(items: Items, context: str) -> np.ndarray:

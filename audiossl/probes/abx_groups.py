@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiossl.config import check_seed
 from audiossl.features import FeatureSet
 from audiossl.probes.abx import average_cells
 from audiossl.probes.abx_items import Items, ItemFile, ItemFileError, frame_spans, number, read_item_file
@@ -90,6 +91,7 @@ class ItemABXSettings:
         if self.max_size_group < 1 or self.max_x_across < 1:
             raise ValueError(f"ABX sampling: max_size_group and max_x_across must be at least 1, got "
                              f"{self.max_size_group}, {self.max_x_across}")
+        check_seed("seed", self.seed)
 
     @property
     def conditions(self) -> list[str]:

@@ -18,9 +18,9 @@ epoch (``OUT/tb/<features>/train_loss``, ``heldout_accuracy``,
     {"task": "phone" | "speaker",
      "scores": [{"key": "accuracy", "label": "accuracy", "lower_is_better": false}],
      "num_classes": int, "unit": str,        # what one example is: "10 ms frame", "utterance (mean)" ...
-     "train_utterances": int,                # the training split, held-out part included
+     "train_utterances": int,                # requested: the training split, held-out part included
      "heldout_utterances": int,              # of those, held out to choose the epoch
-     "test_utterances": int,
+     "test_utterances": int,                 # requested: the test split (each result row says how many scored)
      "accuracy": float, "chance": float,     # the first result's, for readers wanting one number
      "settings": {...},                      # ProbeSettings: epochs, batch_size, lr, ..., seed
      "published": {...},                     # the CPC paper's LibriSpeech 100 h figures
@@ -33,6 +33,8 @@ epoch (``OUT/tb/<features>/train_loss``, ``heldout_accuracy``,
          "train_examples": int, "heldout_examples": int, "test_examples": int,   # frames or pooled windows
          "epochs": int,                      # epochs run (early stopping may end before settings.epochs)
          "best_epoch": int,                  # the epoch kept: best held-out accuracy
+         "train_utterances": int,            # scored: fitted on (held-out ones apart), with labels and features
+         "heldout_utterances": int, "test_utterances": int,   # scored: the split's, less those dropped below
          "missing": {                        # split utterances dropped from this probe
              "alignments": {"count": int, "ids": [str, ...]},   # phone probe only; first ids
              "features": {"count": int, "ids": [str, ...]}},
@@ -109,7 +111,8 @@ def _run(task: str, sets: list[FeatureSet], train_ids: list[str], test_ids: list
         return {"accuracy": result.pop("accuracy"), "chance": _majority(train_y, test_y),
                 **{k: result.pop(k) for k in ("train_examples", "heldout_examples", "test_examples", "epochs",
                                               "best_epoch")},
-                "missing": missing, **result}
+                "train_utterances": len(parts["training"]), "heldout_utterances": len(parts["held-out"]),
+                "test_utterances": len(parts["test"]), "missing": missing, **result}
 
     rows = score_sets(sets, fit_and_test)
     return {"task": task, "scores": SCORES, "num_classes": num_classes, "train_utterances": len(train_ids),
@@ -200,9 +203,14 @@ def speaker_probe(features_dir: str | Path, layers: Sequence[str] = ("context",)
 
 def format_report(report: dict) -> str:
     """The report as a table: one row per feature set, then the paper's figures and what was dropped."""
+    first = report["results"][0]
+    scored = (first["train_utterances"] + first["heldout_utterances"], first["heldout_utterances"],
+              first["test_utterances"])
+    requested = (report["train_utterances"], report["heldout_utterances"], report["test_utterances"])
     lines = [f"{report['task']} probe: {report['num_classes']} classes, one example per {report['unit']}; "
-             f"{report['train_utterances']} training utterances ({report['heldout_utterances']} held out to choose "
-             f"the epoch) / {report['test_utterances']} test",
+             f"{requested[0]} training utterances ({requested[1]} held out to choose the epoch) / {requested[2]} test"
+             + (f"; scored {scored[0]} ({scored[1]}) / {scored[2]}, the rest dropped (below)"
+                if scored != requested else ""),
              f"{'features':<16}{'dim':>5}{'train acc':>11}{'held-out':>10}{'test acc':>10}{'chance':>8}"
              f"{'epoch':>8}   examples (train / held-out / test)"]
     for row in report["results"]:

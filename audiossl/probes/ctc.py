@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiossl.config import check_seed
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.ctc_head import HEADS, error_rate, min_ctc_frames, train_ctc_head, transcribe
@@ -85,6 +86,7 @@ class CTCSettings:
                 or self.weight_decay < 0 or self.patience < 0 or not 0 <= self.heldout_fraction < 1):
             raise ValueError(f"CTC settings: hidden, lstm_layers, epochs, batch_size and lr must be positive, "
                              f"weight_decay and patience non-negative, heldout_fraction in [0, 1), got {asdict(self)}")
+        check_seed("seed", self.seed)
 
 
 def _run(task: str, sets: list[FeatureSet], train_ids: list[str], test_ids: list[str],

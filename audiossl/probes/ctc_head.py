@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from audiossl.probes.fit import EarlyStopping, cosine_schedule
 from audiossl.probes.linear import feature_statistics
+from audiossl.stopping import stop_point
 
 if TYPE_CHECKING:
     from audiossl.probes.ctc import CTCSettings
@@ -246,6 +247,7 @@ def train_ctc_head(feats: Sequence[np.ndarray], targets: Sequence[np.ndarray], n
     bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
                dynamic_ncols=True)
     for epoch in bar:
+        stop_point(f"before epoch {epoch} of {desc}")
         head.train()
         loss_sum = torch.zeros((), device=device)
         for b in generator.permutation(len(batches)):

@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from audiossl.config import check_seed
 from audiossl.probes.fit import EarlyStopping, cosine_schedule
+from audiossl.stopping import stop_point
 
 __all__ = ["ProbeResult", "ProbeSettings", "train_linear_probe"]
 
@@ -53,6 +55,7 @@ class ProbeSettings:
                 or not 0 <= self.heldout_fraction < 1):
             raise ValueError(f"probe settings: epochs, batch_size and lr must be positive, weight_decay, "
                              f"patience and hidden non-negative, heldout_fraction in [0, 1), got {asdict(self)}")
+        check_seed("seed", self.seed)
 
 
 def make_classifier(dim: int, num_classes: int, hidden: int = 0) -> nn.Module:
@@ -207,6 +210,7 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_f
         bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
                    dynamic_ncols=True)
         for epoch in bar:
+            stop_point(f"before epoch {epoch} of the {desc}")
             order = torch.randperm(len(x), generator=generator)
             loss_sum = torch.zeros((), device=device)
             for start in range(0, len(x), settings.batch_size):

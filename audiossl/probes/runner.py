@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,12 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.atomic import atomic_write
+from audiossl.atomic import DiskFullError, atomic_write
 from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
 from audiossl.data.corpus import Utterance, load_corpus
 from audiossl.extract import FeatureSet, extract, open_source, select_utterances
 from audiossl.models.baselines import BASELINES, build_baseline
 from audiossl.probes.tasks import ProbeError, default_split
+from audiossl.stopping import stop_point
 
 __all__ = ["Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors", "labelled_in_every_set",
            "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "row_name", "score_sets",
@@ -228,6 +230,7 @@ def score_sets(sets: Sequence[FeatureSet], score: Callable[[FeatureSet], dict]) 
     role itself), then its dimension, the seconds ``score`` took and its source."""
     rows = []
     for features in sets:
+        stop_point(f"before scoring {features.name} ({len(rows)} of {len(sets)} feature sets scored)")
         began = time.perf_counter()
         row = {"features": features.name, "role": role(features), **score(features)}
         rows.append({**row, "dim": features.dim, "seconds": round(time.perf_counter() - began, 2),
@@ -241,19 +244,39 @@ def scores(*figures: Score) -> list[dict]:
 
 
 def _write_curves(report: dict, folder: Path) -> None:
-    """TensorBoard scalars per feature set and epoch, written beside ``folder`` and renamed into place."""
-    from torch.utils.tensorboard import SummaryWriter
+    """TensorBoard scalars per feature set and epoch, written beside ``folder`` and renamed into place.
+
+    The event file is written here, in this thread and atomically, not by
+    ``SummaryWriter``, whose writer thread answers a full disk with a thread
+    traceback after the command's own error line and leaves its folder behind.
+    A failed write leaves the previous ``folder`` as it was and no temporary one.
+    """
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard.summary import scalar
+
+    now = time.time()
+    events = [Event(wall_time=now, file_version="brain.Event:2")]
+    events += [Event(wall_time=now, step=epoch, summary=scalar(f"{row['features']}/{name}", value))
+               for row in report["results"] for name, values in row["history"].items()
+               for epoch, value in enumerate(values, start=1)]
+
+    def write(f) -> None:
+        records = RecordWriter(f)
+        for event in events:
+            records.write(event.SerializeToString())
 
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    writer = SummaryWriter(str(tmp))
-    for row in report["results"]:
-        for name, values in row["history"].items():
-            for epoch, value in enumerate(values, start=1):
-                writer.add_scalar(f"{row['features']}/{name}", value, epoch)
-    writer.close()
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    try:
+        atomic_write(tmp / f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}", write)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except DiskFullError as e:  # named by the folder the user asked for, not the temporary one
+        kept = "the previous curves are intact" if folder.exists() else "no curves were there before"
+        raise DiskFullError(e.errno, f"{e.strerror.split(' writing ')[0]} writing {folder}; {kept}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_outputs(report: dict, table: str, out_dir: str | Path) -> None:

@@ -164,7 +164,7 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
     ckpt_path = exp_dir / CHECKPOINT
     seed_everything(cfg.train.seed + dist_info.rank)
     if dist_info.is_main:  # what a run killed while saving left behind; the lock keeps out live writers
-        remove_stale_temps(exp_dir, owner_may_live=False)
+        remove_stale_temps(exp_dir)
 
     # --- build: a bad config or checkpoint fails before the scan; then the data
     saved = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
@@ -202,8 +202,9 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
             state.skipped_steps += 1
             if nonfinite_run >= cfg.train.max_nonfinite:
                 log.flush()
+                kept = f"last checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint yet"
                 raise TrainingError(f"{nonfinite_run} non-finite losses or gradients in a row at step "
-                                    f"{state.step + 1}; stopping without saving (last checkpoint: {ckpt_path})")
+                                    f"{state.step + 1}; stopping without saving ({kept})")
             continue
         nonfinite_run = 0
         lr = optimizer_step(state)
