@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from audiossl.cli import build_parser, main
+from audiossl.cli import main
+from audiossl.cli.app import build_parser
 from audiossl.cli.options import count, non_negative_float, positive_float, positive_int, seed
 from audiossl.config import build_config, build_settings, fields_by_key
 from audiossl.probes.abx import ABXSettings
