@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from audiossl import allocator
+from conftest import package_env
 
 
 @pytest.fixture
@@ -53,3 +54,11 @@ def test_loaded_sees_a_preloaded_tcmalloc():
     assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "False"
     env["LD_PRELOAD"] = allocator.find_tcmalloc()
     assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
+
+
+def test_the_entry_point_reexecutes_before_torch_is_imported():
+    """``audiossl.cli`` decides the re-exec before importing torch: else every heavy command loads torch twice."""
+    code = "import sys, audiossl.cli; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=package_env()).stdout
+    assert out.strip() == "[]"
