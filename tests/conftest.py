@@ -95,6 +95,18 @@ def tiny_overrides() -> dict:
 
 
 @pytest.fixture
+def mfcc_features(tiny_corpus, tmp_path) -> Path:
+    """MFCC of the tiny corpus (12 utterances, about 100 frames each) as an extraction folder."""
+    from audiossl.extract import extract, select_utterances
+    from audiossl.models.baselines import build_baseline
+
+    utterances, _ = select_utterances(tiny_corpus, progress=False)
+    out = tmp_path / "features"
+    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"}, progress=False)
+    return out
+
+
+@pytest.fixture
 def one_thread():
     """Run a compute-heavy test on one torch thread (the machine is shared), then restore."""
     threads = torch.get_num_threads()

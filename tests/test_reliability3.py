@@ -25,9 +25,8 @@ from audiossl.audio import AudioError, read_audio
 from audiossl.cli import main
 from audiossl.data.corpus import CorpusError, load_corpus, read_manifest
 from audiossl.discrete import FitSettings, fit_units
-from audiossl.extract import FeatureSet, extract, select_utterances
+from audiossl.extract import FeatureSet
 from audiossl.kmeans import KMeansSettings
-from audiossl.models.baselines import build_baseline
 
 from conftest import package_env, synth_utterance
 
@@ -110,15 +109,6 @@ def fill(disk: Path, leave: int) -> None:
     """Fill ``disk`` up to ``leave`` free bytes."""
     st = os.statvfs(disk)
     (disk / "filler").write_bytes(bytes(max(0, st.f_bavail * st.f_frsize - leave)))
-
-
-@pytest.fixture
-def mfcc_features(tiny_corpus, tmp_path) -> Path:
-    """MFCC of the tiny corpus (12 utterances, about 100 frames each) as an extraction folder."""
-    utterances, _ = select_utterances(tiny_corpus, progress=False)
-    out = tmp_path / "features"
-    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"}, progress=False)
-    return out
 
 
 # ---- 1. a link loop in a corpus folder

@@ -202,15 +202,6 @@ def test_malformed_units_files_are_named_with_the_line(tmp_path, text, message):
 
 # ---- fit and assign on a features folder
 
-@pytest.fixture
-def mfcc_features(tiny_corpus, tmp_path) -> Path:
-    """MFCC of the tiny corpus (12 utterances, about 100 frames each) as an extraction folder."""
-    utterances, _ = select_utterances(tiny_corpus, progress=False)
-    out = tmp_path / "features"
-    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"}, progress=False)
-    return out
-
-
 FAST = FitSettings(KMeansSettings(k=8, batch_size=256), max_frames=600, standardize="global")
 
 
