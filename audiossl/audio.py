@@ -26,7 +26,8 @@ def _reason(e: Exception) -> str:
     return text[-1] if text else type(e).__name__
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000, start: int = 0, num_samples: int | None = None) -> torch.Tensor:
+def read_audio(path: str | Path, sample_rate: int = 16000, start: int = 0,
+               num_samples: int | None = None) -> torch.Tensor:
     """Read (a segment of) a file as mono float32 at ``sample_rate``.
 
     Args:

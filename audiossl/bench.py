@@ -28,8 +28,15 @@ from audiossl.data.corpus import CorpusError, load_corpus
 from audiossl.data.windows import WindowDataset
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
-from audiossl.runtime import (Distributed, TrainingError, autocast, choose_device, compile_module, describe_machine,
-                              resolve_precision)
+from audiossl.runtime import (
+    Distributed,
+    TrainingError,
+    autocast,
+    choose_device,
+    compile_module,
+    describe_machine,
+    resolve_precision,
+)
 from audiossl.train import BatchStream, Pretrainer
 
 

@@ -57,9 +57,24 @@ from audiossl.atomic import atomic_write, remove_stale_temps
 from audiossl.audio import AudioError, read_audio
 from audiossl.data.alignments import load_split
 from audiossl.data.corpus import Utterance, load_corpus, write_manifest
-from audiossl.features import (FORMATS, INDEX, INDEX_COLUMNS, META, NPZ_KEY, SOURCES, UTTERANCES, VERSION,
-                               FeatureError, FeatureSet, audio_stamp, feature_path, read_sources, relative_paths,
-                               source_label, stored_frames)
+from audiossl.features import (
+    FORMATS,
+    INDEX,
+    INDEX_COLUMNS,
+    META,
+    NPZ_KEY,
+    SOURCES,
+    UTTERANCES,
+    VERSION,
+    FeatureError,
+    FeatureSet,
+    audio_stamp,
+    feature_path,
+    read_sources,
+    relative_paths,
+    source_label,
+    stored_frames,
+)
 from audiossl.lock import FolderLock
 from audiossl.models.baselines import build_baseline
 from audiossl.models.model import SSLModel

@@ -161,8 +161,8 @@ def restart_dead_centres(x: torch.Tensor, centroids: torch.Tensor, counts: torch
 
     The points are drawn without replacement with probability proportional
     to their squared distance from their nearest centre, as k-means++ draws
-    its candidates (from a random ``MAX_DRAW`` of them when there are more); a moved centre's count becomes the smallest live count,
-    so that its first points move it as much as they would move the others.
+    its candidates (from a random ``MAX_DRAW`` of them when there are more); a moved centre's count becomes
+    the smallest live count, so that its first points move it as much as they would move the others.
 
     Args:
         x: (points, dim).

@@ -36,8 +36,20 @@ from tqdm import tqdm
 from audiossl.atomic import atomic_write, remove_stale_temps
 from audiossl.data.corpus import write_manifest
 from audiossl.discrete import MODEL_VERSION, UnitModel, UnitsError, check_features, split_ids
-from audiossl.features import (INDEX, INDEX_COLUMNS, META, NPZ_KEY, SOURCES, UTTERANCES, VERSION, FeatureError,
-                               FeatureSet, audio_stamp, read_sources, stored_frames)
+from audiossl.features import (
+    INDEX,
+    INDEX_COLUMNS,
+    META,
+    NPZ_KEY,
+    SOURCES,
+    UTTERANCES,
+    VERSION,
+    FeatureError,
+    FeatureSet,
+    audio_stamp,
+    read_sources,
+    stored_frames,
+)
 from audiossl.lock import FolderLock
 
 __all__ = ["ONEHOT_FORMATS", "assign_units", "format_line", "open_onehot", "parse_line", "read_quantized",

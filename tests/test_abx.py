@@ -137,9 +137,9 @@ def test_triple_cap_is_seeded(condition):
 def features_for(labels, kind: str, seed: int, dim: int = 16):
     rng = np.random.default_rng(seed)
     if kind == "one-hot":
-        return {u: np.eye(dim, dtype=np.float32)[l] + 0.01 * rng.standard_normal((len(l), dim)).astype(np.float32)
-                for u, l in labels.items()}
-    return {u: rng.standard_normal((len(l), dim)).astype(np.float32) for u, l in labels.items()}
+        return {u: np.eye(dim, dtype=np.float32)[lab] + 0.01 * rng.standard_normal((len(lab), dim)).astype(np.float32)
+                for u, lab in labels.items()}
+    return {u: rng.standard_normal((len(lab), dim)).astype(np.float32) for u, lab in labels.items()}
 
 
 @pytest.mark.parametrize("context", ["triphone", "none"])
@@ -161,7 +161,7 @@ def test_abx_error_averages_per_speaker_cell_before_pooling():
     labels = {"0-1-0": np.array([0, 1, 1, 0, 2, 2, 0, 1, 1, 0, 1, 1, 0]),
               "1-1-0": np.array([0, 1, 1, 0, 2, 2, 0, 1, 1, 0])}
     speakers = {u: u[0] for u in labels}
-    feats = {u: np.eye(4, dtype=np.float32)[l] for u, l in labels.items()}
+    feats = {u: np.eye(4, dtype=np.float32)[lab] for u, lab in labels.items()}
     feats["1-1-0"][7:9] = np.eye(4, dtype=np.float32)[2]
     result = abx_score(feats, labels, speakers, ABXSettings(context="none", max_triples_per_item=0))
     assert result["within"]["num_triples"] == 8

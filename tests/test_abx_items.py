@@ -17,8 +17,17 @@ import torch
 from audiossl.cli import main
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.probes.abx_groups import ItemABXSettings, item_file_score, unit_frames
-from audiossl.probes.abx_items import (ITEM_HEADER, ItemFileError, find_items, frame_spans, items_from_alignments,
-                                       read_item_file, speaker_from_id, write_item_file)
+from audiossl.probes.abx_items import (
+    ITEM_HEADER,
+    ItemFileError,
+    find_items,
+    frame_spans,
+    items_from_alignments,
+    read_item_file,
+    speaker_from_id,
+    write_item_file,
+)
+
 from conftest import import_reference
 from test_abx import naive_dtw
 

@@ -54,7 +54,7 @@ def test_alignments_round_trip(tmp_path):
         "19-198-0000": np.array([0, 0, 5, 5, 40, 0]),
         "19-198-0001": np.array([3]),
     }
-    text = "".join(f"{u} {' '.join(map(str, l))}\n" for u, l in expected.items())
+    text = "".join(f"{u} {' '.join(map(str, lab))}\n" for u, lab in expected.items())
     path = write(tmp_path, "converted_aligned_phones.txt", "\n" + text + "\n")
     loaded = load_alignments(path, num_classes=41)
     assert list(loaded) == list(expected)

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from audiossl import allocator
+
 from conftest import package_env
 
 

@@ -12,8 +12,12 @@ from torch import nn
 
 from audiossl.objectives import cpc as cpc_module
 from audiossl.objectives.cpc import CPCObjective
-from audiossl.objectives.infonce import (contrastive_losses, mutual_information_bound, sample_candidates,
-                                         score_candidates)
+from audiossl.objectives.infonce import (
+    contrastive_losses,
+    mutual_information_bound,
+    sample_candidates,
+    score_candidates,
+)
 
 # One prediction step, three frames of two dimensions: predictions come from
 # t = 0 and t = 1 (positives z_1 and z_2); one negative each (z_2 and z_0).

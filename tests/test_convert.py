@@ -34,6 +34,7 @@ from audiossl.models.encoders import ChannelNorm, ConvBlock
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
 from audiossl.train import initial_checkpoint
+
 from conftest import package_env
 
 REPO = Path(__file__).resolve().parents[1]

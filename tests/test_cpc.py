@@ -13,8 +13,8 @@ from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
 from audiossl.objectives import cpc as cpc_module
 from audiossl.objectives.cpc import CPCObjective
-from audiossl.objectives.infonce import (SCORE_CHUNK_ELEMENTS, contrastive_losses, sample_candidates,
-                                         score_candidates)
+from audiossl.objectives.infonce import SCORE_CHUNK_ELEMENTS, contrastive_losses, sample_candidates, score_candidates
+
 from reference_infonce import reference_losses, reference_scores
 
 

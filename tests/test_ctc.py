@@ -12,8 +12,16 @@ import torch
 
 from audiossl.cli import main
 from audiossl.probes.ctc import CTCSettings
-from audiossl.probes.ctc_head import (CTCHead, edit_distance, error_rate, greedy_decode, min_ctc_frames, reverse_padded,
-                                      train_ctc_head, transcribe)
+from audiossl.probes.ctc_head import (
+    CTCHead,
+    edit_distance,
+    error_rate,
+    greedy_decode,
+    min_ctc_frames,
+    reverse_padded,
+    train_ctc_head,
+    transcribe,
+)
 from audiossl.probes.tasks import ProbeError
 from audiossl.probes.units import load_transcripts, normalize_text, phone_sequence, silence_class, train_units
 

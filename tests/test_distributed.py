@@ -14,7 +14,6 @@ the second after a resume, agree to float rounding.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

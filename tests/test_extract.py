@@ -14,8 +14,8 @@ from audiossl.cli import main
 from audiossl.config import build_config
 from audiossl.extract import FeatureError, FeatureSet, extract, forward_chunked, select_utterances
 from audiossl.features import INDEX, INDEX_COLUMNS, feature_path, relative_paths
-from audiossl.models.model import build_model
 from audiossl.models.baselines import add_deltas, build_baseline
+from audiossl.models.model import build_model
 
 TINY = {"encoder_channels": 16, "context_dim": 16}
 MODELS = {

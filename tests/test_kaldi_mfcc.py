@@ -9,6 +9,7 @@ import torch
 from audiossl.cli import main
 from audiossl.extract import FeatureSet
 from audiossl.models.baselines import BASELINES, KaldiMFCCFrontend, build_baseline
+
 from conftest import import_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the machine is shared

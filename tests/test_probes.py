@@ -13,8 +13,8 @@ import torch
 from audiossl.cli import main
 from audiossl.config import build_config
 from audiossl.extract import FeatureSet, extract, select_utterances
-from audiossl.models.model import build_model
 from audiossl.models.baselines import build_baseline
+from audiossl.models.model import build_model
 from audiossl.probes import ProbeError, ProbeSettings, format_report, phone_probe, speaker_probe, train_linear_probe
 from audiossl.probes.linear import feature_statistics
 from audiossl.probes.tasks import default_split, heldout_split, phone_examples, speaker_examples

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from audiossl.cli import main
-from audiossl.report.experiment import read_probe_scores
 from audiossl.report.analysis import linear_confusion, pca_2d
+from audiossl.report.experiment import read_probe_scores
 from audiossl.report.page import SECTIONS, make_report
 
 FIGURES = [filename for _, filename, _ in SECTIONS]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from audiossl.checkpoint import load_checkpoint, load_model
 from audiossl.config import Config, build_config
 from audiossl.report.experiment import read_scalars
 from audiossl.resume import ResumeError
-from audiossl.train import TRAIN_LOG, Pretrainer, TrainingError, train
+from audiossl.train import TRAIN_LOG, Pretrainer, train
 
 from conftest import package_env
 

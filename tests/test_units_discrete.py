@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from audiossl.cli import main
-from audiossl.discrete import FitSettings, UnitModel, UnitsError, fit_units, sample_frames, utterance_normalized
+from audiossl.discrete import FitSettings, UnitsError, fit_units, sample_frames, utterance_normalized
 from audiossl.extract import FeatureSet, extract, select_utterances
 from audiossl.kmeans import KMeansSettings, assign, kmeans_plusplus, minibatch_kmeans, restart_dead_centres
 from audiossl.models.baselines import build_baseline

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_infonce import reference_losses  # noqa: E402
-
 from audiossl.objectives.infonce import contrastive_losses, sample_candidates, score_candidates  # noqa: E402
+
+from reference_infonce import reference_losses  # noqa: E402
 
 
 def main() -> int:

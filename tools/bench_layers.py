@@ -140,8 +140,8 @@ def main() -> int:
         losses, _ = contrastive_losses(score_candidates(preds, z, candidates), valid)
         losses.sum().backward()
 
-    rows += compare(f"objective: predictions W_k c ({steps} steps)", 3 * 2 * steps * batch * positions * channels * hidden / 1e9,
-                    {"einsum": predictions}, args.repeats)
+    rows += compare(f"objective: predictions W_k c ({steps} steps)",
+                    3 * 2 * steps * batch * positions * channels * hidden / 1e9, {"einsum": predictions}, args.repeats)
     rows += compare(f"objective: scores against all {batch * frames} frames, gather, loss",
                     3 * 2 * steps * batch * positions * batch * frames * channels / 1e9, {"matmul + gather": scores},
                     args.repeats)

@@ -2,7 +2,8 @@
 """Side-by-side timing of a CPC training step: CPC_audio's own against audiossl's.
 
     git clone https://github.com/facebookresearch/CPC_audio /path/to/CPC_audio
-    python tools/bench_peer.py --peer /path/to/CPC_audio [--rounds 3] [--steps 3] [--warmup 1] [--threads 2] [key=value ...]
+    python tools/bench_peer.py --peer /path/to/CPC_audio [--rounds 3] [--steps 3] [--warmup 1] [--threads 2] \\
+        [key=value ...]
 
 CPC_audio's side is its own code, imported from the checkout (nothing of it
 is copied here): ``cpc/model.py``'s ``CPCEncoder``, ``CPCAR`` and
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if (cfg.train.batch_size, cfg.data.window_samples) != (8, 20480):
         print(f"note: {args.config} trains on batch {cfg.train.batch_size} x {cfg.data.window_samples} samples; "
               "CPC_audio's side stays at 8 x 20480", file=sys.stderr)
-    print(f"# CPC_audio from {args.peer}, audiossl at {args.config} {' '.join(args.overrides)}; {args.threads} threads on {device}, "
-          f"median of {args.steps} steps after {args.warmup} per side and round")
+    print(f"# CPC_audio from {args.peer}, audiossl at {args.config} {' '.join(args.overrides)}; "
+          f"{args.threads} threads on {device}, median of {args.steps} steps after {args.warmup} per side and round")
     print("| round | CPC_audio step | audiossl step | ratio |")
     print("|---|---|---|---|")
     for round_index in range(1, args.rounds + 1):

@@ -14,8 +14,19 @@ import sys
 from audiossl.atomic import DiskFullError
 from audiossl.audio import AudioError
 from audiossl.checkpoint import CheckpointError
-from audiossl.cli import (bench, convert, extract, prepare, probe, probe_abx, probe_ctc, probe_units, report, train,
-                          units)
+from audiossl.cli import (
+    bench,
+    convert,
+    extract,
+    prepare,
+    probe,
+    probe_abx,
+    probe_ctc,
+    probe_units,
+    report,
+    train,
+    units,
+)
 from audiossl.config import ConfigError
 from audiossl.data.corpus import CorpusError
 from audiossl.discrete import UnitsError

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from audiossl.cli.options import (count, device_from, layers_from, name_list, non_negative_float, positive_float,
-                                  positive_int, print_config)
+from audiossl.cli.options import (
+    count,
+    device_from,
+    layers_from,
+    name_list,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    print_config,
+)
 from audiossl.config import ConfigError
 from audiossl.models.baselines import BASELINES
 

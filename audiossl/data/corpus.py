@@ -245,7 +245,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             continue
         cols = line.split("\t")
         if len(cols) != len(MANIFEST_COLUMNS):
-            raise CorpusError(f"{path}:{number}: expected {len(MANIFEST_COLUMNS)} tab-separated columns, got {len(cols)}")
+            raise CorpusError(f"{path}:{number}: expected {len(MANIFEST_COLUMNS)} tab-separated columns, "
+                              f"got {len(cols)}")
         utt_id, audio, speaker, num_samples, rate = cols
         try:
             num_samples, rate = int(num_samples), int(rate)

@@ -30,8 +30,12 @@ import torch
 from torch import nn
 
 from audiossl.config import Config, ConfigError, choice, positive
-from audiossl.objectives.infonce import (contrastive_losses, mutual_information_bound, sample_candidates,
-                                         score_candidates)
+from audiossl.objectives.infonce import (
+    contrastive_losses,
+    mutual_information_bound,
+    sample_candidates,
+    score_candidates,
+)
 
 
 class CausalPredictorLayer(nn.Module):

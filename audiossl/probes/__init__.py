@@ -18,8 +18,8 @@ The floors themselves (MFCC, log-mel) are models: :mod:`audiossl.models.baseline
   k-means units (:mod:`audiossl.discrete`), beside k-means on the floors.
 """
 
-from audiossl.probes.linear import ProbeResult, ProbeSettings, train_linear_probe
 from audiossl.probes.classify import format_report, phone_probe, speaker_probe
+from audiossl.probes.linear import ProbeResult, ProbeSettings, train_linear_probe
 from audiossl.probes.runner import probe_features, write_outputs
 from audiossl.probes.tasks import ProbeError
 

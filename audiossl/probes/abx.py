@@ -48,12 +48,23 @@ import torch
 
 from audiossl.config import check_seed
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
-from audiossl.probes.abx_items import Items, find_items
-from audiossl.models.baselines import BASELINES
-from audiossl.probes.dtw import DISTANCES, pair_distances
 from audiossl.features import FeatureSet
-from audiossl.probes.runner import (Score, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
-                                    open_layers, row_name, score_sets, scores, with_floors)
+from audiossl.models.baselines import BASELINES
+from audiossl.probes.abx_items import Items, find_items
+from audiossl.probes.dtw import DISTANCES, pair_distances
+from audiossl.probes.runner import (
+    Score,
+    checked,
+    corpus_audio,
+    dropped_lines,
+    labelled_in_every_set,
+    listing,
+    open_layers,
+    row_name,
+    score_sets,
+    scores,
+    with_floors,
+)
 from audiossl.probes.tasks import check_label_rate
 from audiossl.probes.units import silence_class
 

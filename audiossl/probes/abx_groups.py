@@ -51,9 +51,9 @@ import torch
 
 from audiossl.config import check_seed
 from audiossl.features import FeatureSet
-from audiossl.probes.abx import average_cells
-from audiossl.probes.abx_items import Items, ItemFile, ItemFileError, frame_spans, number, read_item_file
 from audiossl.models.baselines import BASELINES
+from audiossl.probes.abx import average_cells
+from audiossl.probes.abx_items import ItemFile, ItemFileError, Items, frame_spans, number, read_item_file
 from audiossl.probes.dtw import pair_distances
 from audiossl.probes.runner import Score, feature_sets_with_floors, listing, row_name, score_sets, scores
 from audiossl.probes.tasks import ProbeError

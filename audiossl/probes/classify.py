@@ -59,8 +59,18 @@ import torch
 from audiossl.extract import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.linear import ProbeSettings, train_linear_probe
-from audiossl.probes.runner import (Score, corpus_audio, listing, open_layers, phone_labels, resolve_split, row_name,
-                                    score_sets, scores, with_floors)
+from audiossl.probes.runner import (
+    Score,
+    corpus_audio,
+    listing,
+    open_layers,
+    phone_labels,
+    resolve_split,
+    row_name,
+    score_sets,
+    scores,
+    with_floors,
+)
 from audiossl.probes.tasks import ProbeError, heldout_split, phone_examples, speaker_examples
 
 __all__ = ["DEFAULT_SETTINGS", "PUBLISHED", "format_report", "phone_probe", "speaker_probe"]

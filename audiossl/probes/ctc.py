@@ -47,11 +47,27 @@ from audiossl.config import check_seed
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.ctc_head import HEADS, error_rate, min_ctc_frames, train_ctc_head, transcribe
-from audiossl.probes.runner import (Score, corpus_audio, listing, open_layers, phone_labels, resolve_split, row_name,
-                                    score_sets, scores, with_floors)
+from audiossl.probes.runner import (
+    Score,
+    corpus_audio,
+    listing,
+    open_layers,
+    phone_labels,
+    resolve_split,
+    row_name,
+    score_sets,
+    scores,
+    with_floors,
+)
 from audiossl.probes.tasks import ProbeError, heldout_split
-from audiossl.probes.units import (load_transcripts, normalize_text, phone_sequence, silence_class, train_units,
-                                   transcripts_for)
+from audiossl.probes.units import (
+    load_transcripts,
+    normalize_text,
+    phone_sequence,
+    silence_class,
+    train_units,
+    transcripts_for,
+)
 
 __all__ = [
     "CTCSettings",

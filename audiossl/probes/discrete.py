@@ -43,10 +43,21 @@ from audiossl.data.alignments import load_split
 from audiossl.discrete import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
 from audiossl.extract import FeatureSet
 from audiossl.kmeans import KMeansSettings
-from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.runner import (Score, checked, corpus_audio, dropped_lines, labelled_in_every_set, listing,
-                                    phone_labels, row_name, score_sets, scores, with_floors)
+from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score
+from audiossl.probes.runner import (
+    Score,
+    checked,
+    corpus_audio,
+    dropped_lines,
+    labelled_in_every_set,
+    listing,
+    phone_labels,
+    row_name,
+    score_sets,
+    scores,
+    with_floors,
+)
 from audiossl.probes.tasks import check_label_rate
 from audiossl.probes.units import silence_class
 

@@ -48,8 +48,8 @@ from audiossl.probes.tasks import ProbeError, default_split
 from audiossl.stopping import stop_point
 
 __all__ = ["Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors", "labelled_in_every_set",
-           "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "row_name", "score_sets",
-           "scores", "with_floors", "write_outputs"]
+           "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "row_name",
+           "score_sets", "scores", "with_floors", "write_outputs"]
 
 SHOWN_IDS = 5  # missing utterances named in reports
 
@@ -77,7 +77,7 @@ def phone_labels(alignments: str | Path, phones: str | Path | None) -> tuple[dic
     labels = checked(load_alignments, alignments, num_classes)
     if not labels:
         raise ProbeError(f"{alignments}: no alignments")
-    return labels, num_classes or 1 + max(int(l.max()) for l in labels.values())
+    return labels, num_classes or 1 + max(int(frames.max()) for frames in labels.values())
 
 
 def listing(ids: Sequence[str]) -> dict:

@@ -116,7 +116,7 @@ def phone_examples(features: FeatureSet, alignments: dict[str, np.ndarray], ids:
         labels = [labels_for_frames(alignments[u], features.num_frames[u], u) for u in ids]
     except ValueError as e:
         raise ProbeError(f"{features.folder}: {e}") from None
-    total = sum(len(l) for l in labels)
+    total = sum(len(frames) for frames in labels)
     feats = np.empty((total, features.dim), dtype=features.meta["dtype"])
     start = 0
     for utt_id, utt_labels in zip(ids, labels):

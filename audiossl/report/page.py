@@ -44,8 +44,17 @@ from audiossl.data.alignments import labels_for_frames
 from audiossl.probes.tasks import LABEL_RATE, default_split
 from audiossl.report import figures, spectrograms
 from audiossl.report.analysis import linear_confusion, pca_2d
-from audiossl.report.experiment import (Labels, LayerFeatures, PageInputs, Unavailable, find_feature_folder,
-                                        per_step_curves, read_probe_scores, read_scalars, read_train_log)
+from audiossl.report.experiment import (
+    Labels,
+    LayerFeatures,
+    PageInputs,
+    Unavailable,
+    find_feature_folder,
+    per_step_curves,
+    read_probe_scores,
+    read_scalars,
+    read_train_log,
+)
 
 __all__ = ["SECTIONS", "make_report"]
 

@@ -37,8 +37,16 @@ from audiossl.lock import FolderLock
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
 from audiossl.resume import check_resumable
-from audiossl.runtime import (Distributed, TrainingError, autocast, choose_device, compile_module,
-                              resolve_precision, seed_everything, setup_distributed)
+from audiossl.runtime import (
+    Distributed,
+    TrainingError,
+    autocast,
+    choose_device,
+    compile_module,
+    resolve_precision,
+    seed_everything,
+    setup_distributed,
+)
 from audiossl.stopping import StopRequests
 from audiossl.train.log import MetricWindow, RunLog
 from audiossl.train.state import CHECKPOINT, Pretrainer, TrainState, resume, save_checkpoint
