@@ -113,7 +113,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpc_audio_linear": {"context": "gru", "cpc_predictor": "bilinear"},
     # van den Oord et al. 2018: 512 channels, batch norm, GRU 256.
     "cpc_paper": {"encoder_channels": 512, "encoder_norm": "batch"},
-    # A small model for tests and the demo recipe.
+    # A small model (64 channels, 6 steps, 32 negatives) for quick experiments; the demo's cpc_small.yaml does
+    # not use it (the demo's model is the waveform model at full width).
     "cpc_small": {"encoder_channels": 64, "context_dim": 64, "cpc_steps": 6, "cpc_negatives": 32},
     # Chung et al. 2019 (APC): 80 log-mel bins, GRU 3 x 512 with residual connections, n = 3.
     "apc_paper": {"objective": "apc", "frontend": "logmel", "cmvn": True, "encoder_kernels": [],

@@ -225,7 +225,7 @@ class ConvBlock(nn.Module):
         self.span, self.left = kernel, padding  # input steps one output frame reads; of them, before stride * t
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before 0.2 hold the weight as a (out, in, 1, kernel) Conv2d's.
+        # Checkpoints from before the conv became a Conv1d (an earlier 0.1.0 tree) hold a (out, in, 1, kernel) weight.
         key = prefix + "conv.weight"
         if key in state_dict and state_dict[key].dim() == 4:
             state_dict[key] = state_dict[key].squeeze(2)
