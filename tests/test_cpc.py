@@ -225,8 +225,13 @@ def test_per_step_metrics(loss_name):
     steps = range(1, cfg.objective.cpc_steps + 1)
     torch.testing.assert_close(metrics["loss"], sum(metrics[f"loss_k{k}"] for k in steps))
     torch.testing.assert_close(metrics["loss"], loss.detach())
+    # Full windows: every step scores batch x (frames - K) predictions, so each accuracy is a whole count of
+    # them (a mean over the wrong items, or over padding, would not be), and the accuracy is their mean.
+    predictions = 4 * (int(model.output_lengths(torch.tensor([3200]))) - cfg.objective.cpc_steps)
+    torch.testing.assert_close(metrics["accuracy"], torch.stack([metrics[f"accuracy_k{k}"] for k in steps]).mean())
     for k in steps:
-        assert 0.0 <= float(metrics[f"accuracy_k{k}"]) <= 1.0
+        correct = float(metrics[f"accuracy_k{k}"]) * predictions
+        assert abs(correct - round(correct)) < 1e-3, (k, correct)
         if loss_name == "infonce":
             expected = math.log(cfg.objective.cpc_negatives + 1) - float(metrics[f"loss_k{k}"])
             assert float(metrics[f"mi_bound_k{k}"]) == pytest.approx(expected, abs=1e-5)

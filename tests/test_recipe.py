@@ -70,7 +70,9 @@ def test_every_stage_leaves_its_results(finished):
     assert (run / "units_k50" / "assign" / "quantized_outputs.txt").read_text().count("\n") == 112
     units = metrics(run, "units_k50")
     assert [row["features"] for row in units["results"]] == ["context", "mfcc", "logmel"]
-    assert all(0.0 < row["pnmi"] < 1.0 for row in units["results"])
+    pnmi = {row["features"]: row["pnmi"] for row in units["results"]}
+    assert pnmi["mfcc"] > 0.3 and pnmi["logmel"] > 0.3, pnmi  # 0.41 and 0.45 at k = 50 in the full demo
+    assert 0.0 < pnmi["context"] < 1.0  # two training steps: a model's units are real but carry little
     page = (run / "report" / "report.md").read_text()
     for score in ("phone accuracy", "speaker accuracy", "abx within-speaker error", "abx across-speaker error",
                   "ctc-phone PER", "ctc-subword CER", "ctc-subword WER", "units k=50 across-speaker error"):

@@ -356,8 +356,10 @@ def test_cli_fit_assign_probe_units_and_abx_agree(demo_mfcc, tmp_path, capsys):
     assert (report["task"], report["k"], report["utterances"]) == ("units", 16, 24)
     assert [(r["features"], r["role"]) for r in report["results"]] == [("mfcc", "model"), ("logmel", "baseline")]
     assert json.loads((probe / "kmeans_logmel" / "kmeans.json").read_text())["settings"]["k"] == 16
+    # Measured: PNMI 0.29 (MFCC) and 0.36 (log-mel), phone purity 0.31 / 0.35. Units that carried no phone
+    # information (one cluster, or random ones) give PNMI near 0 and the majority phone's share, 0.13.
     for row in report["results"]:
-        assert 0 < row["pnmi"] < 1 and 0 < row["cluster_purity"] < 1 and 0 < row["phone_purity"] < 1
+        assert row["pnmi"] > 0.2 and row["phone_purity"] > 0.25 and 0.3 < row["cluster_purity"] < 1
         assert 0 <= row["within"] < 0.5 and 0 <= row["across"] < 0.5
     # The one-hot features that assign wrote give probe abx the units probe's ABX figures.
     assert main(["probe", "abx", "--features", str(assigned), "--layer", "onehot", *labels, "--baselines", "none",
