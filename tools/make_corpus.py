@@ -17,6 +17,10 @@ The corpus mimics what the CPC phone/speaker probes expect from LibriSpeech
 * ``<out>/train_split.txt`` and ``<out>/test_split.txt``: utterance ids,
   split within each speaker so every speaker appears in both.
 * ``<out>/README.md``: how the corpus was made, counts and total duration.
+* ``<out>/channel.tsv``, with ``--channel vary`` only: every utterance's drawn
+  channel (reverberation, EQ, gain, noise at a drawn SNR; ``tools/channel.py``).
+  The default ``--channel none`` writes the clean audio, byte for byte what
+  this tool wrote before the option existed.
 
 Sentences are random but English-looking, generated from an embedded word
 list with a tiny grammar. Speakers are derived from flite's built-in voices
@@ -31,14 +35,17 @@ arguments.
 Example::
 
     python tools/make_corpus.py --out data/demo --speakers 8 --utterances 14
+    python tools/make_corpus.py --out /tmp/noisy --speakers 8 --utterances 14 --channel vary
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.pool
 import os
 import re
 import shlex
@@ -48,6 +55,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import channel  # tools/channel.py, beside this script
 import numpy as np
 import soundfile as sf
 
@@ -392,6 +400,7 @@ def prepare_output(out: Path, subset: str, overwrite: bool) -> None:
     ours = [
         out / subset, out / "converted_aligned_phones.txt", out / "phones.txt",
         out / "train_split.txt", out / "test_split.txt", out / "README.md",
+        out / "channel.tsv",
     ]
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -400,7 +409,7 @@ def prepare_output(out: Path, subset: str, overwrite: bool) -> None:
                 "choose another --out or pass --overwrite",
                 status=2,
             )
-        for path in ours:
+        for path in [*ours, *out.glob(".clean-*")]:  # .clean-*: a killed --channel vary run
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -465,8 +474,12 @@ flite voice with a duration stretch, a sox speed/pitch warp, a first-order spect
 """
 
 
-def build_corpus(args: argparse.Namespace) -> None:
-    """Synthesize the whole corpus described by the parsed arguments."""
+def check_args(args: argparse.Namespace) -> tuple[list[str], channel.ChannelConfig | None]:
+    """Refuse bad arguments before anything is written.
+
+    Returns:
+        The available voices, and the channel config (None for ``--channel none``).
+    """
     available = check_tools()
     voices = [v for v in args.voices.split(",") if v in available]
     skipped = [v for v in args.voices.split(",") if v not in available]
@@ -487,12 +500,19 @@ def build_corpus(args: argparse.Namespace) -> None:
         raise ToolError("error: --train-fraction must be between 0 and 1", 2)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.subset):
         raise ToolError(f"error: bad --subset name {args.subset!r}", 2)
-    out = Path(args.out)
-    prepare_output(out, args.subset, args.overwrite)
+    if args.channel == "none":
+        return voices, None
+    try:
+        return voices, channel.config_from_args(args)
+    except ValueError as error:
+        raise ToolError(f"error: {error}", 2) from None
 
-    rng = np.random.default_rng(args.seed)
-    num_chapters = max(1, min(args.chapters, args.utterances))
-    speakers = make_speakers(rng, args.speakers, voices, num_chapters)
+
+def plan_tasks(
+    rng: np.random.Generator, args: argparse.Namespace, speakers: list[Speaker], out: Path
+) -> tuple[list[Task], dict[Path, list[str]], dict[int, list[str]]]:
+    """Draw every sentence and name every file; returns tasks, transcripts, ids by speaker."""
+    num_chapters = len(speakers[0].chapter_ids)
     tasks, transcripts = [], collections.defaultdict(list)
     ids_by_speaker = collections.defaultdict(list)
     for speaker in speakers:
@@ -510,14 +530,44 @@ def build_corpus(args: argparse.Namespace) -> None:
                 f"{utt_id} {transcript}"
             )
             ids_by_speaker[speaker.speaker_id].append(utt_id)
+    return tasks, transcripts, ids_by_speaker
 
+
+def synthesize_all(pool: multiprocessing.pool.Pool, tasks: list[Task]) -> list[Result]:
+    """Synthesize every task in the pool, in task order."""
     results = []
-    jobs = max(1, args.jobs)
-    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        for count, result in enumerate(pool.imap(synthesize, tasks, chunksize=4), start=1):
-            results.append(result)
-            if count % 10 == 0 or count == len(tasks):
-                print(f"synthesized {count}/{len(tasks)} utterances", file=sys.stderr, flush=True)
+    for count, result in enumerate(pool.imap(synthesize, tasks, chunksize=4), start=1):
+        results.append(result)
+        if count % 10 == 0 or count == len(tasks):
+            print(f"synthesized {count}/{len(tasks)} utterances", file=sys.stderr, flush=True)
+    return results
+
+
+def build_corpus(args: argparse.Namespace) -> None:
+    """Synthesize the whole corpus described by the parsed arguments."""
+    voices, channel_config = check_args(args)
+    out = Path(args.out)
+    prepare_output(out, args.subset, args.overwrite)
+
+    rng = np.random.default_rng(args.seed)
+    num_chapters = max(1, min(args.chapters, args.utterances))
+    speakers = make_speakers(rng, args.speakers, voices, num_chapters)
+    tasks, transcripts, ids_by_speaker = plan_tasks(rng, args, speakers, out)
+    channel_seed = args.seed if args.channel_seed is None else args.channel_seed
+    draws, limiters = [], []
+    with contextlib.ExitStack() as stack:
+        if channel_config is not None:
+            # Clean audio first, into a temporary folder: babble mixes other utterances' clean audio.
+            clean_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".clean-", dir=out)))
+        pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(max(1, args.jobs)))
+        if channel_config is None:
+            results = synthesize_all(pool, tasks)
+        else:
+            clean = {task.utt_id: str(clean_dir / f"{task.utt_id}.flac") for task in tasks}
+            results = synthesize_all(pool, [dataclasses.replace(t, flac_path=clean[t.utt_id]) for t in tasks])
+            final = {task.utt_id: task.flac_path for task in tasks}
+            lengths = {result.utt_id: result.num_samples for result in results}
+            draws, limiters = channel.vary(pool, lengths, clean, final, channel_seed, channel_config)
 
     unknown: collections.Counter[str] = collections.Counter()
     for result in results:
@@ -539,6 +589,9 @@ def build_corpus(args: argparse.Namespace) -> None:
     write_text(out / "train_split.txt", "\n".join(train) + "\n")
     write_text(out / "test_split.txt", "\n".join(test) + "\n")
     readme = build_readme(args, speakers, results, len(train), len(test), unknown)
+    if channel_config is not None:
+        write_text(out / "channel.tsv", channel.sidecar_text(draws, limiters))
+        readme += channel.describe(channel_config, channel_seed, draws, limiters)
     write_text(out / "README.md", readme)
     total = sum(r.num_samples for r in results) / SAMPLE_RATE
     print(
@@ -565,6 +618,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="parallel synthesis processes")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace this tool's outputs in an existing --out directory")
+    channel.add_arguments(parser)
     return parser.parse_args(argv)
 
 
