@@ -3,7 +3,11 @@
 The step's split: ``model`` is the time inside the frontend, encoder and
 context network forward calls (timed by forward hooks), ``objective`` the rest
 of the forward pass (heads, negative sampling, scores, loss), then
-``backward`` and ``optimizer``. Figures are medians over the timed steps.
+``backward`` and ``optimizer`` (gradient clipping with the step's one read of
+the loss and gradient norm, AdamW and the schedule). The model, objective,
+optimizer and step are built and run by the training loop's own functions,
+so the bench times the step ``train`` runs. Figures are medians over the
+timed steps.
 Compiled (``compile: true``), the forward is one graph and is timed whole:
 hooks inside it would split the graph and time its tracing, not its run.
 
@@ -23,11 +27,9 @@ from pathlib import Path
 
 import torch
 
-from audiossl.config import Config, check_window
+from audiossl.config import Config
 from audiossl.data.corpus import CorpusError, load_corpus
 from audiossl.data.windows import WindowDataset
-from audiossl.models.model import build_model
-from audiossl.objectives import build_objective
 from audiossl.runtime import (
     Distributed,
     TrainingError,
@@ -37,7 +39,9 @@ from audiossl.runtime import (
     describe_machine,
     resolve_precision,
 )
-from audiossl.train import BatchStream, Pretrainer
+from audiossl.train import BatchStream
+from audiossl.train.loop import build_pretrainer, clip_and_read, optimizer_step
+from audiossl.train.state import TrainState
 
 
 def _sync(device: torch.device) -> None:
@@ -58,10 +62,11 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
     """
     dev = choose_device(device if device != "auto" else cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.data.sample_rate)
-    check_window(cfg, int(model.output_lengths(torch.tensor([cfg.data.window_samples]))), model.receptive_field)
-    module = Pretrainer(model, build_objective(cfg, model)).to(dev).train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr)
+    # Built and stepped by the training loop's own functions: the same model, objective, AdamW (weight decay),
+    # schedule and clipping as `train` runs.
+    module = build_pretrainer(cfg).to(dev).train()
+    model = module.model
+    state = TrainState.fresh(cfg, module)
     compiled = cfg.train.compile
     run = compile_module(module) if compiled else module
     batch_size, window = cfg.train.batch_size, cfg.data.window_samples
@@ -101,8 +106,8 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
         loss.backward()
         _sync(dev)
         t2 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        clip_and_read(module, loss.detach().double(), cfg, 1)  # clipping and the step's one read of the device
+        optimizer_step(state)
         _sync(dev)
         t3 = time.perf_counter()
         if i == 0:
