@@ -5,12 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audiossl.data.alignments import (
-    labels_for_frames,
-    load_alignments,
-    load_phone_inventory,
-    load_split,
-)
+from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
 
 
 def write(tmp_path, name, text):

@@ -55,9 +55,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import channel  # tools/channel.py, beside this script
 import numpy as np
 import soundfile as sf
+
+import channel  # tools/channel.py, beside this script
 
 SAMPLE_RATE = 16000
 FRAME_SHIFT = 160
