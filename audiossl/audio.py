@@ -15,9 +15,10 @@ import torch
 import torchaudio.functional as AF
 
 from audiossl.data.validate import rate_problem
+from audiossl.errors import UserError
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """A file that cannot be used as audio; the message names the file."""
 
 

@@ -24,10 +24,11 @@ import torch
 from audiossl import __version__
 from audiossl.atomic import atomic_write
 from audiossl.config import Config
+from audiossl.errors import UserError
 from audiossl.models.model import SSLModel, build_model
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from audiossl.errors import UserError
+
 __all__ = ["ConfigError", "coerce", "load_config_file", "parse_overrides"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message is one line."""
 
 

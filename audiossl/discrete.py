@@ -44,6 +44,7 @@ from tqdm import tqdm
 import audiossl
 from audiossl.atomic import atomic_write
 from audiossl.data.alignments import load_split
+from audiossl.errors import UserError
 from audiossl.features import FeatureSet, source_label
 from audiossl.kmeans import KMeansSettings, assign, minibatch_kmeans
 
@@ -58,7 +59,7 @@ MIN_STD = 1e-5  # a dimension more constant than this is not scaled
 STANDARDIZE = ("global", "utterance", "none")
 
 
-class UnitsError(ValueError):
+class UnitsError(UserError, ValueError):
     """A units model or assignment that cannot be made or used; the message names the file or folder."""
 
 

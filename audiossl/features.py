@@ -32,6 +32,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from audiossl.data.corpus import CorpusError, Utterance, read_manifest
+from audiossl.errors import UserError
 
 __all__ = ["FeatureError", "FeatureSet", "audio_stamp", "feature_path", "read_sources",
            "relative_paths", "source_label", "stored_frames"]
@@ -46,7 +47,7 @@ FORMATS = ("npy", "npz")
 NPZ_KEY = "features"  # the array's name inside an .npz file
 
 
-class FeatureError(ValueError):
+class FeatureError(UserError, ValueError):
     """Features that cannot be written or read; the message names the folder or file."""
 
 

@@ -29,12 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+from audiossl.errors import UserError
+
 __all__ = ["FolderLock", "FolderLocked"]
 
 LOCK_NAME = ".lock"
 
 
-class FolderLocked(RuntimeError):
+class FolderLocked(UserError, RuntimeError):
     """Another run holds the folder; the message names it."""
 
 

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from audiossl.config import Config
+from audiossl.errors import UserError
 
 # Keys that lay out an epoch's batches: (section, key).
 DATA_LAYOUT = (("train", "batch_size"), ("data", "window_samples"), ("data", "sampler"), ("train", "seed"),
@@ -33,7 +34,7 @@ DATA_LAYOUT = (("train", "batch_size"), ("data", "window_samples"), ("data", "sa
 SCHEDULE = ("lr", "warmup_steps", "max_steps", "decay")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """A resume that would not mean what it says; the message names the checkpoint and the setting."""
 
 

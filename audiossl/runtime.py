@@ -20,9 +20,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from audiossl.errors import UserError
+
 
 class TrainingError(RuntimeError):
     """The run cannot go on; the message says why and where."""
+
+
+class DeviceError(UserError, RuntimeError):
+    """A device asked for that is not a device, or not on this machine."""
 
 
 @dataclass
@@ -58,7 +64,7 @@ def choose_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` (this rank's GPU, else the CPU), ``cpu``, ``cuda`` (this rank's) or ``cuda:N``.
 
     Raises:
-        TrainingError: for any other name, or CUDA where there is none.
+        DeviceError: for any other name, or CUDA where there is none.
     """
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -67,9 +73,9 @@ def choose_device(spec: str, local_rank: int = 0) -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise TrainingError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+        raise DeviceError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {spec!r} asked for, but CUDA is not available")
+        raise DeviceError(f"device {spec!r} asked for, but CUDA is not available")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

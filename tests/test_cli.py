@@ -193,3 +193,37 @@ def test_cuda_where_there_is_none_is_a_user_error(tiny_corpus, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["audiossl train: error: device 'cuda' asked for, but CUDA is not available"]
     assert not (tmp_path / "exp").exists()
+
+
+def test_every_user_error_is_one_userror_type():
+    """The CLI catches one type; each module's own user error derives from it and keeps its built-in base."""
+    from audiossl.audio import AudioError
+    from audiossl.checkpoint import CheckpointError
+    from audiossl.cli.app import USER_ERRORS
+    from audiossl.config import ConfigError
+    from audiossl.convert.cpc_audio_args import ConvertError
+    from audiossl.data.corpus import CorpusError
+    from audiossl.discrete import UnitsError
+    from audiossl.errors import UserError
+    from audiossl.features import FeatureError
+    from audiossl.lock import FolderLocked
+    from audiossl.probes.abx_items import ItemFileError
+    from audiossl.probes.tasks import ProbeError
+    from audiossl.resume import ResumeError
+    from audiossl.runtime import DeviceError
+
+    assert USER_ERRORS == (UserError, FileNotFoundError)
+    for error in (AudioError, CheckpointError, ConfigError, ConvertError, CorpusError, UnitsError, FeatureError,
+                  ItemFileError, ProbeError, ResumeError):
+        assert issubclass(error, UserError) and issubclass(error, ValueError), error
+    assert issubclass(FolderLocked, RuntimeError) and issubclass(DeviceError, RuntimeError)
+    assert issubclass(FolderLocked, UserError) and issubclass(DeviceError, UserError)
+
+
+def test_an_unknown_device_is_a_user_error(tiny_corpus, tmp_path, capsys):
+    argv = ["extract", "--baseline", "mfcc", "--data", str(tiny_corpus), "--out", str(tmp_path / "feat"),
+            "--device", "tpu", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["audiossl extract: error: device 'tpu' is not one of auto, cpu, cuda, cuda:N"]
+    assert not (tmp_path / "feat").exists()

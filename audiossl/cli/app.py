@@ -12,8 +12,6 @@ import errno
 import sys
 
 from audiossl.atomic import DiskFullError
-from audiossl.audio import AudioError
-from audiossl.checkpoint import CheckpointError
 from audiossl.cli import (
     bench,
     convert,
@@ -27,18 +25,12 @@ from audiossl.cli import (
     train,
     units,
 )
-from audiossl.config import ConfigError
-from audiossl.data.corpus import CorpusError
-from audiossl.discrete import UnitsError
-from audiossl.extract import FeatureError
-from audiossl.lock import FolderLocked
-from audiossl.probes import ProbeError
-from audiossl.resume import ResumeError
+from audiossl.errors import UserError
 from audiossl.stopping import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SIGNAL, EXIT_USAGE, Stopped, handle_stop_signals
 
-# Errors that are the user's to fix: one line, no traceback.
-USER_ERRORS = (ConfigError, CorpusError, AudioError, CheckpointError, FeatureError, ProbeError, FileNotFoundError,
-               ResumeError, FolderLocked, UnitsError)
+# Errors that are the user's to fix: one line, no traceback. Every module's own derives from UserError
+# (audiossl/errors.py); a missing file named on the command line is the user's too.
+USER_ERRORS = (UserError, FileNotFoundError)
 # OSErrors that say a path cannot be used as given (--out or --exp-dir read-only, a file where a folder goes):
 # the user's to fix, one line naming the path (exit 2).
 UNUSABLE_PATHS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",

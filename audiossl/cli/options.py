@@ -41,12 +41,9 @@ def print_config(cfg) -> None:
 
 def device_from(spec: str):
     """``--device`` (auto | cpu | cuda | cuda:N) as a torch device; CUDA where there is none is a user error."""
-    from audiossl.runtime import TrainingError, choose_device
+    from audiossl.runtime import choose_device
 
-    try:
-        return choose_device(spec)
-    except TrainingError as e:
-        raise ConfigError(str(e)) from None
+    return choose_device(spec)  # a DeviceError, a UserError, when it cannot
 
 
 def layers_from(args: argparse.Namespace) -> list[str]:

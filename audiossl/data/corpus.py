@@ -31,6 +31,7 @@ from pathlib import Path
 
 from audiossl.atomic import atomic_write
 from audiossl.data.validate import check_files, rate_problem
+from audiossl.errors import UserError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MANIFEST_COLUMNS = ("id", "path", "speaker", "num_samples", "sample_rate")
@@ -56,7 +57,7 @@ class Problem:
     reason: str
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus or manifest that cannot be used; the message names the path."""
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from audiossl.config import Config
+from audiossl.config import Config, ConfigError
 from audiossl.objectives.apc import APCObjective
 from audiossl.objectives.cpc import CPCObjective
 from audiossl.objectives.mpc import MPCObjective
@@ -38,6 +38,6 @@ def build_objective(cfg: Config, model: nn.Module) -> nn.Module:
     it was built)."""
     name = cfg.objective.objective
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+        raise ConfigError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
     OBJECTIVES[name].check(cfg, chosen=True)
     return OBJECTIVES[name].from_config(cfg, model)

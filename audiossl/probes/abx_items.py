@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from audiossl.atomic import atomic_write
+from audiossl.errors import UserError
 
 __all__ = [
     "ITEM_HEADER",
@@ -113,7 +114,7 @@ def find_items(labels: Mapping[str, np.ndarray], speakers: Mapping[str, str], si
     return Items(**arrays, ids=ids, speakers=names)
 
 
-class ItemFileError(ValueError):
+class ItemFileError(UserError, ValueError):
     """A malformed item file; the message names the file and the line."""
 
 

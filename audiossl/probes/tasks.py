@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from audiossl.data.alignments import labels_for_frames
+from audiossl.errors import UserError
 from audiossl.extract import FeatureSet
 
 __all__ = ["LABEL_RATE", "POOLS", "ProbeError", "check_label_rate", "default_split", "heldout_split", "phone_examples",
@@ -36,7 +37,7 @@ POOLS = ("mean", "last")
 LABEL_RATE = 100.0  # phone labels per second (10 ms frames)
 
 
-class ProbeError(ValueError):
+class ProbeError(UserError, ValueError):
     """Probe inputs that do not fit together; the message names what is missing."""
 
 
