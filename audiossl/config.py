@@ -12,7 +12,7 @@ objective section, which joins the settings each objective owns
 (:func:`objective_section`). A probe's settings (``ProbeSettings``,
 ``CTCSettings``, ``ABXSettings`` ...) are read the same way, from a flat YAML
 file and ``key=value`` items (:func:`build_settings`). Reading the text itself (YAML, ``key=value``,
-typed and finite values, keys given twice) is :mod:`audiossl.config_text`'s.
+typed and finite values, keys given twice) is :mod:`audiossl.settings`'s.
 """
 
 from __future__ import annotations
@@ -26,10 +26,20 @@ from pathlib import Path
 from typing import Any
 
 # ConfigError, load_config_file and parse_overrides are re-exported: callers import them from here.
-from audiossl.config_text import ConfigError, coerce, load_config_file, parse_overrides  # noqa: F401
+from audiossl.objectives import OBJECTIVES
+from audiossl.settings import (  # noqa: F401
+    MAX_SEED,
+    ConfigError,
+    check_seed,
+    choice,
+    coerce,
+    load_config_file,
+    non_negative,
+    parse_overrides,
+    positive,
+)
 
 # Seeds reach numpy, whose legacy generators take at most 32 bits, and torch (64); negative ones neither.
-MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -64,6 +74,11 @@ class ModelConfig:
     context_dropout: float = 0.0  # dropout inside the context network
     context_max_frames: int = 4096  # longest sequence the positional encoding covers
 
+    @property
+    def bidirectional(self) -> bool:
+        """Whether the context network sees future frames (NPC's masked convs, a non-causal Transformer)."""
+        return self.context == "npc" or (self.context == "transformer" and not self.context_causal)
+
 
 @dataclass
 class TrainConfig:
@@ -90,10 +105,8 @@ def objective_section() -> type:
     """The ``objective`` section's class: ``objective`` (which one trains) and the settings of every
     objective in :data:`audiossl.objectives.OBJECTIVES`, each owner's fields in registry order.
 
-    Built on first use: the objectives import this module.
+    Built on first use, and cached.
     """
-    from audiossl.objectives import OBJECTIVES
-
     fields = [("objective", str, field(default="cpc"))]  # cpc | apc | mpc | npc: a key of OBJECTIVES
     for objective in OBJECTIVES.values():
         hints = typing.get_type_hints(objective.Settings)
@@ -229,12 +242,6 @@ def settings_help(cls: type, base: Any = None) -> str:
     return ", ".join(f"{f.name}={shown(getattr(base, f.name))}" for f in dataclasses.fields(cls) if f.init)
 
 
-def choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    """Refuse a value of ``key`` that is not one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}")
-
-
 def validate(cfg: Config) -> None:
     """Reject impossible values, one line each, before any work starts."""
     d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
@@ -285,39 +292,12 @@ def validate(cfg: Config) -> None:
     if m.context == "npc" and m.context_layers > 4:
         # The masked conv (kernel 15) hides 5 + 2 * block frames: 13 at block 4, the last that fits.
         raise ConfigError(f"context: npc has at most 4 blocks, got context_layers={m.context_layers}")
-    from audiossl.objectives import OBJECTIVES
-
     if o.objective not in OBJECTIVES:
         raise ConfigError(f"config key 'objective': {o.objective!r} is not one of {', '.join(OBJECTIVES)}")
     for name, objective in OBJECTIVES.items():  # every objective's settings, and what the chosen one needs
         objective.check(cfg, chosen=name == o.objective)
     # Window size against what the objective needs is checked once the model
     # is built (the receptive field is computed there): see check_window().
-
-
-def positive(values: dict[str, float]) -> None:
-    """Refuse any of ``{key: value}`` that is not positive."""
-    for key, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"config key {key!r} must be positive, got {value}")
-
-
-def non_negative(values: dict[str, float]) -> None:
-    """Refuse any of ``{key: value}`` that is negative."""
-    for key, value in values.items():
-        if value < 0:
-            raise ConfigError(f"config key {key!r} must not be negative, got {value}")
-
-
-def check_seed(key: str, seed: int) -> None:
-    """Refuse a seed numpy or torch would refuse mid-run (after files were written): ``[0, MAX_SEED]``."""
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"config key {key!r} must be a seed in [0, {MAX_SEED}], got {seed}")
-
-
-def bidirectional(model: ModelConfig) -> bool:
-    """Whether the context network sees future frames (NPC's masked convs, a non-causal Transformer)."""
-    return model.context == "npc" or (model.context == "transformer" and not model.context_causal)
 
 
 def check_window(cfg: Config, num_frames: int, receptive_field: int) -> None:
@@ -331,6 +311,4 @@ def check_window(cfg: Config, num_frames: int, receptive_field: int) -> None:
         raise ConfigError(
             f"window_samples {cfg.data.window_samples} is shorter than the encoder's receptive field "
             f"({receptive_field} samples)")
-    from audiossl.objectives import OBJECTIVES
-
     OBJECTIVES[cfg.objective.objective].check_window(cfg, num_frames)

@@ -6,14 +6,18 @@ with every tensor, and the frame rate is the model's own property.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from audiossl.config import ModelConfig
 from audiossl.models.context import NoContext, RecurrentContext, TransformerContext
 from audiossl.models.encoders import ConvEncoder
 from audiossl.models.frontends import build_frontend
 from audiossl.models.npc import NPCContext
+
+if TYPE_CHECKING:  # annotations only
+    from audiossl.config import ModelConfig
 
 
 class SSLModel(nn.Module):

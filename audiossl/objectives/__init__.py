@@ -17,13 +17,18 @@ Adding an objective is one module with such a class plus one line below.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from audiossl.config import Config, ConfigError
 from audiossl.objectives.apc import APCObjective
 from audiossl.objectives.cpc import CPCObjective
 from audiossl.objectives.mpc import MPCObjective
 from audiossl.objectives.npc import NPCObjective
+from audiossl.settings import ConfigError
+
+if TYPE_CHECKING:  # annotations only: the config module imports the objectives' registry
+    from audiossl.config import Config
 
 OBJECTIVES: dict[str, type[nn.Module]] = {
     "cpc": CPCObjective,

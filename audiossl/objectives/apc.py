@@ -19,13 +19,17 @@ is the Transformer variant of the later APC papers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from audiossl.config import Config, ConfigError, bidirectional
 from audiossl.models.lengths import length_mask
 from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
+from audiossl.settings import ConfigError
+
+if TYPE_CHECKING:  # annotations only: the config module imports the objectives' registry
+    from audiossl.config import Config
 
 
 @dataclass
@@ -57,7 +61,7 @@ class APCObjective(nn.Module):
         """Refuse impossible APC settings and, when APC trains, a context that sees its target."""
         if cfg.objective.apc_shift < 1:
             raise ConfigError(f"config key 'apc_shift' must be positive, got {cfg.objective.apc_shift}")
-        if chosen and bidirectional(cfg.model):
+        if chosen and cfg.model.bidirectional:
             raise ConfigError("objective apc needs a unidirectional context (gru, lstm, or transformer with "
                               "context_causal: true)")
 

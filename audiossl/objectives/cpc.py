@@ -25,17 +25,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from audiossl.config import Config, ConfigError, choice, positive
 from audiossl.objectives.infonce import (
     contrastive_losses,
     mutual_information_bound,
     sample_candidates,
     score_candidates,
 )
+from audiossl.settings import ConfigError, choice, positive
+
+if TYPE_CHECKING:  # annotations only: the config module imports the objectives' registry
+    from audiossl.config import Config
 
 
 class CausalPredictorLayer(nn.Module):

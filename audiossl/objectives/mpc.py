@@ -32,13 +32,17 @@ selected frames is exactly ``mpc_mask_proportion``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from audiossl.config import Config, ConfigError, choice
 from audiossl.models.lengths import length_mask
 from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
+from audiossl.settings import ConfigError, choice
+
+if TYPE_CHECKING:  # annotations only: the config module imports the objectives' registry
+    from audiossl.config import Config
 
 ZEROED, RANDOM, KEPT = 0, 1, 2  # what happened to a selected frame; -1: not selected
 

@@ -27,14 +27,18 @@ each group's code usage over the batch, averaged over groups (the reference's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from audiossl.config import Config, ConfigError
 from audiossl.models.lengths import length_mask
 from audiossl.models.npc import GumbelQuantizer
 from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
+from audiossl.settings import ConfigError
+
+if TYPE_CHECKING:  # annotations only: the config module imports the objectives' registry
+    from audiossl.config import Config
 
 
 @dataclass

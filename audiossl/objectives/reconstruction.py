@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from audiossl.config import ConfigError
 from audiossl.models.frontends import LogMelFrontend, WaveformFrontend
+from audiossl.settings import ConfigError
 
 __all__ = ["LogMelTargets", "encoder_reach", "masked_l1"]
 

@@ -138,3 +138,32 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if isinstance(value, dict):
             raise ConfigError(f"{path}: key {key!r} holds a mapping; config files are flat")
     return data
+
+
+MAX_SEED = 2**32 - 1
+
+
+def choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse a value of ``key`` that is not one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}")
+
+
+def positive(values: dict[str, float]) -> None:
+    """Refuse any of ``{key: value}`` that is not positive."""
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"config key {key!r} must be positive, got {value}")
+
+
+def non_negative(values: dict[str, float]) -> None:
+    """Refuse any of ``{key: value}`` that is negative."""
+    for key, value in values.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r} must not be negative, got {value}")
+
+
+def check_seed(key: str, seed: int) -> None:
+    """Refuse a seed numpy or torch would refuse mid-run (after files were written): ``[0, MAX_SEED]``."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"config key {key!r} must be a seed in [0, {MAX_SEED}], got {seed}")
