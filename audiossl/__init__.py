@@ -1,6 +1,8 @@
 """audiossl: self-supervised speech representation learning (CPC, APC, MPC, NPC)."""
 
-__version__ = "0.1.0"
+from audiossl.version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(path, device="cpu"):

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from audiossl import __version__
 from audiossl.atomic import atomic_write
 from audiossl.config import Config
 from audiossl.errors import UserError
 from audiossl.models.model import SSLModel, build_model
+from audiossl.version import __version__
 
 
 class CheckpointError(UserError, ValueError):

@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import audiossl
 from audiossl.atomic import atomic_write
 from audiossl.data.alignments import load_split
 from audiossl.errors import UserError
 from audiossl.features import FeatureSet, source_label
 from audiossl.kmeans import KMeansSettings, assign, minibatch_kmeans
+from audiossl.version import __version__
 
 __all__ = ["FitSettings", "UnitModel", "UnitsError", "check_features", "fit_units", "sample_frames", "split_ids",
            "standardize_mode", "utterance_normalized"]
@@ -335,7 +335,7 @@ def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context",
                 "history": result.history, "reassigned": result.reassigned, "cluster_sizes": result.sizes,
                 "empty_clusters": sum(size == 0 for size in result.sizes),
                 "seconds": round(time.perf_counter() - began, 2), "device": str(device)},
-        "audiossl": audiossl.__version__, "torch": torch.__version__,
+        "audiossl": __version__, "torch": torch.__version__,
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / MODEL_ARRAYS, lambda f: np.savez(f, **arrays))

@@ -37,16 +37,15 @@ probes over layers and floors, and their report.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from audiossl.config import check_seed
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.ctc_head import HEADS, error_rate, min_ctc_frames, train_ctc_head, transcribe
+from audiossl.probes.ctc_head import DEFAULT_LR, CTCSettings, error_rate, min_ctc_frames, train_ctc_head, transcribe
 from audiossl.probes.runner import (
     Score,
     corpus_audio,
@@ -77,32 +76,6 @@ __all__ = [
     "format_ctc_report",
 ]
 
-DEFAULT_LR = {"linear": 3e-2, "bilstm": 2e-3}  # AdamW peak learning rate per head
-
-
-@dataclass
-class CTCSettings:
-    head: str = "linear"  # linear: a projection per frame; bilstm: BiLSTM layers, then the projection
-    hidden: int = 128  # BiLSTM units per direction
-    lstm_layers: int = 1  # BiLSTM layers
-    epochs: int = 60  # most passes over the training utterances
-    batch_size: int = 32  # utterances per step; an epoch takes half the CPU time of batch 8
-    lr: float | None = None  # AdamW peak learning rate, cosine-decayed to 0; None: DEFAULT_LR of the head
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    patience: int = 10  # stop after this many epochs without a lower held-out loss; 0: never
-    heldout_fraction: float = 0.1  # of the training utterances, held out to choose the epoch; 0: none
-    seed: int = 1  # held-out utterances, initialization and utterance order
-
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"CTC settings: head {self.head!r} is not one of {', '.join(HEADS)}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.head]
-        if (min(self.hidden, self.lstm_layers, self.epochs, self.batch_size) <= 0 or self.lr <= 0
-                or self.weight_decay < 0 or self.patience < 0 or not 0 <= self.heldout_fraction < 1):
-            raise ValueError(f"CTC settings: hidden, lstm_layers, epochs, batch_size and lr must be positive, "
-                             f"weight_decay and patience non-negative, heldout_fraction in [0, 1), got {asdict(self)}")
-        check_seed("seed", self.seed)
 
 
 def _run(task: str, sets: list[FeatureSet], train_ids: list[str], test_ids: list[str],

@@ -13,8 +13,7 @@ reference length.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -24,14 +23,14 @@ from tqdm import tqdm
 
 from audiossl.probes.fit import EarlyStopping, cosine_schedule
 from audiossl.probes.linear import feature_statistics
+from audiossl.settings import check_seed
 from audiossl.stopping import stop_point
-
-if TYPE_CHECKING:
-    from audiossl.probes.ctc import CTCSettings
 
 __all__ = [
     "BLANK",
     "CTCHead",
+    "CTCSettings",
+    "DEFAULT_LR",
     "HEADS",
     "TrainedHead",
     "edit_distance",
@@ -45,6 +44,34 @@ __all__ = [
 
 HEADS = ("linear", "bilstm")
 BLANK = 0
+DEFAULT_LR = {"linear": 3e-2, "bilstm": 2e-3}  # AdamW peak learning rate per head
+
+
+@dataclass
+class CTCSettings:
+    """The CTC probes' settings: the head, its training and the held-out split."""
+
+    head: str = "linear"  # linear: a projection per frame; bilstm: BiLSTM layers, then the projection
+    hidden: int = 128  # BiLSTM units per direction
+    lstm_layers: int = 1  # BiLSTM layers
+    epochs: int = 60  # most passes over the training utterances
+    batch_size: int = 32  # utterances per step; an epoch takes half the CPU time of batch 8
+    lr: float | None = None  # AdamW peak learning rate, cosine-decayed to 0; None: DEFAULT_LR of the head
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    patience: int = 10  # stop after this many epochs without a lower held-out loss; 0: never
+    heldout_fraction: float = 0.1  # of the training utterances, held out to choose the epoch; 0: none
+    seed: int = 1  # held-out utterances, initialization and utterance order
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"CTC settings: head {self.head!r} is not one of {', '.join(HEADS)}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.head]
+        if (min(self.hidden, self.lstm_layers, self.epochs, self.batch_size) <= 0 or self.lr <= 0
+                or self.weight_decay < 0 or self.patience < 0 or not 0 <= self.heldout_fraction < 1):
+            raise ValueError(f"CTC settings: hidden, lstm_layers, epochs, batch_size and lr must be positive, "
+                             f"weight_decay and patience non-negative, heldout_fraction in [0, 1), got {asdict(self)}")
+        check_seed("seed", self.seed)
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -227,7 +254,6 @@ def train_ctc_head(feats: Sequence[np.ndarray], targets: Sequence[np.ndarray], n
         The trained head, its input statistics and its training history.
     """
     if settings is None:
-        from audiossl.probes.ctc import CTCSettings  # the probe's settings; ctc.py imports this module
 
         settings = CTCSettings()
     if not feats or len(feats) != len(targets) or len(heldout_feats) != len(heldout_targets):

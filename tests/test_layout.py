@@ -1,0 +1,113 @@
+"""The package's import graph has no cycles: every import, lazy ones inside functions included.
+
+A cycle hidden by a lazy import still couples the two modules both ways; the
+fix is a leaf module both can import (``audiossl.settings``,
+``audiossl.errors``, ``audiossl.version``). Imports under ``if
+TYPE_CHECKING:`` are annotations only and never run, so they do not count.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "audiossl"
+
+
+def module_names() -> dict[str, Path]:
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def imported(tree: ast.AST, module: str, is_package: bool, known: dict[str, Path]) -> set[str]:
+    """The package's modules that ``module`` imports, anywhere in it but under ``if TYPE_CHECKING:``."""
+
+    def owner(name: str) -> str | None:  # the module a dotted name lives in
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    found: set[str] = set()
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found.update(owner(alias.name) for alias in node.names if alias.name.startswith("audiossl"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            if base.startswith("audiossl"):
+                found.update(owner(f"{base}.{alias.name}") for alias in node.names)
+        todo.extend(ast.iter_child_nodes(node))
+    found.discard(None)
+    found.discard(module)
+    return found
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(sorted(component))
+    return components
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = module_names()
+    return {name: imported(ast.parse(path.read_text()), name, path.name == "__init__.py", known)
+            for name, path in known.items()}
+
+
+def test_the_package_has_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_lazy_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    graph = import_graph()
+    assert "audiossl.objectives" in graph["audiossl.config"]  # the registry, at the top
+    assert "audiossl.config" not in graph["audiossl.objectives.cpc"]  # Config under TYPE_CHECKING only
+    assert "audiossl.settings" in graph["audiossl.objectives.cpc"]
