@@ -294,8 +294,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"context: npc has at most 4 blocks, got context_layers={m.context_layers}")
     if o.objective not in OBJECTIVES:
         raise ConfigError(f"config key 'objective': {o.objective!r} is not one of {', '.join(OBJECTIVES)}")
-    for name, objective in OBJECTIVES.items():  # every objective's settings, and what the chosen one needs
-        objective.check(cfg, chosen=name == o.objective)
+    OBJECTIVES[o.objective].check(cfg)  # its settings and the model it needs; the others' are not read
     # Window size against what the objective needs is checked once the model
     # is built (the receptive field is computed there): see check_window().
 

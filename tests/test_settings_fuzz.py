@@ -20,7 +20,8 @@ import pytest
 from audiossl.cli import main
 from audiossl.cli.app import build_parser
 from audiossl.cli.options import count, non_negative_float, positive_float, positive_int, seed
-from audiossl.config import build_config, build_settings, fields_by_key
+from audiossl.config import ConfigError, build_config, build_settings, fields_by_key
+from audiossl.objectives import OBJECTIVES
 from audiossl.probes.abx import ABXSettings
 from audiossl.probes.abx_groups import ItemABXSettings
 from audiossl.probes.ctc import CTCSettings
@@ -116,15 +117,31 @@ def assert_refused(argv: list[str], what: str, tmp: Path, capsys) -> None:
 
 
 CONFIG_KEYS = [key for key, (_, typ) in fields_by_key().items() if is_number(typ)]
+# An objective's settings are checked when it trains: each is fuzzed on a run of its owner (its paper preset).
+OWNER_PRESETS = {name: {} if name == "cpc" else {"preset": f"{name}_paper"} for name in OBJECTIVES}
+
+
+def owner_overrides(key: str) -> dict[str, str]:
+    owners = [name for name, objective in OBJECTIVES.items() if key in objective.Settings.__dataclass_fields__]
+    return OWNER_PRESETS[owners[0]] if owners else {}
 
 
 @pytest.mark.parametrize("key", CONFIG_KEYS)
 def test_train_settings(key, tiny_corpus, tmp_path, capsys):
+    owner = owner_overrides(key)
     for value in VALUES:
         if (key, value) in VALID["train"]:
-            build_config(overrides={key: value})  # what train checks first, before anything
+            build_config(overrides={**owner, key: value})  # what train checks first, before anything
         else:
-            assert_refused(command_args("train", tmp_path, tiny_corpus) + [f"{key}={value}"], key, tmp_path, capsys)
+            argv = command_args("train", tmp_path, tiny_corpus) + [f"{k}={v}" for k, v in owner.items()]
+            assert_refused(argv + [f"{key}={value}"], key, tmp_path, capsys)
+
+
+def test_another_objectives_settings_are_not_read():
+    """A CPC run does not check (nor use) MPC's settings; an MPC run refuses the same value."""
+    assert build_config(overrides={"mpc_span": 0}).objective.mpc_span == 0
+    with pytest.raises(ConfigError, match="mpc_span"):
+        build_config(overrides={"preset": "mpc_paper", "mpc_span": 0})
 
 
 PROBE_SETTINGS = [(task, key) for task, (_, cls) in PROBES.items() for key in numeric_fields(cls)]

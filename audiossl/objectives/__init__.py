@@ -7,8 +7,9 @@ an objective's name. Each class also owns its settings and their checks:
 - ``Settings``: a dataclass of its config keys (flat, prefixed with its name:
   ``cpc_steps``), which :func:`audiossl.config.objective_section` joins into
   the config's ``objective`` section;
-- ``check(cfg, chosen)``: refuse impossible values of its settings (always)
-  and a model it cannot train (when ``chosen``), raising ``ConfigError``;
+- ``check(cfg)``: refuse impossible values of its settings and a model it
+  cannot train, raising ``ConfigError``; it runs only when it is the chosen
+  objective (another objective's settings are not read, so not checked);
 - ``check_window(cfg, num_frames)``: refuse a training window too short for it;
 - ``from_config(cfg, model)``: build it for a model.
 
@@ -44,5 +45,5 @@ def build_objective(cfg: Config, model: nn.Module) -> nn.Module:
     name = cfg.objective.objective
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    OBJECTIVES[name].check(cfg, chosen=True)
+    OBJECTIVES[name].check(cfg)
     return OBJECTIVES[name].from_config(cfg, model)

@@ -57,11 +57,11 @@ class APCObjective(nn.Module):
     Settings = APCSettings
 
     @staticmethod
-    def check(cfg: Config, chosen: bool) -> None:
-        """Refuse impossible APC settings and, when APC trains, a context that sees its target."""
+    def check(cfg: Config) -> None:
+        """Refuse impossible APC settings and a context that sees its target."""
         if cfg.objective.apc_shift < 1:
             raise ConfigError(f"config key 'apc_shift' must be positive, got {cfg.objective.apc_shift}")
-        if chosen and cfg.model.bidirectional:
+        if cfg.model.bidirectional:
             raise ConfigError("objective apc needs a unidirectional context (gru, lstm, or transformer with "
                               "context_causal: true)")
 

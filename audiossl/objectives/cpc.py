@@ -135,15 +135,15 @@ class CPCObjective(nn.Module):
     Settings = CPCSettings
 
     @staticmethod
-    def check(cfg: Config, chosen: bool) -> None:
-        """Refuse impossible CPC settings and, when CPC trains, a Transformer predictor of the wrong size."""
+    def check(cfg: Config) -> None:
+        """Refuse impossible CPC settings and a Transformer predictor of the wrong size."""
         m, o = cfg.model, cfg.objective
         choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))
         choice("cpc_score", o.cpc_score, ("bilinear", "cosine"))
         choice("cpc_predictor", o.cpc_predictor, ("bilinear", "transformer"))
         choice("cpc_loss", o.cpc_loss, ("infonce", "nce"))
         positive({"cpc_steps": o.cpc_steps, "cpc_negatives": o.cpc_negatives, "cpc_temperature": o.cpc_temperature})
-        if chosen and o.cpc_predictor == "transformer" and m.context_dim != m.encoder_channels:
+        if o.cpc_predictor == "transformer" and m.context_dim != m.encoder_channels:
             raise ConfigError(f"cpc_predictor: transformer needs context_dim == encoder_channels (CPC_audio's "
                               f"layout), got {m.context_dim} and {m.encoder_channels}")
 

@@ -209,8 +209,8 @@ class MPCObjective(nn.Module):
     Settings = MPCSettings
 
     @staticmethod
-    def check(cfg: Config, chosen: bool) -> None:
-        """Refuse impossible MPC settings and, when MPC trains, a context or frontend it cannot use."""
+    def check(cfg: Config) -> None:
+        """Refuse impossible MPC settings and a context or frontend MPC cannot train."""
         m, o = cfg.model, cfg.objective
         choice("mpc_head", o.mpc_head, ("mlp", "linear"))
         if o.mpc_span < 1 or o.mpc_freq_mask_bins < 0:
@@ -221,10 +221,10 @@ class MPCObjective(nn.Module):
             raise ConfigError("mpc_zero_prob and mpc_random_prob must be non-negative and sum to at most 1")
         if o.mpc_freq_mask_bins > m.n_mels:
             raise ConfigError(f"mpc_freq_mask_bins {o.mpc_freq_mask_bins} exceeds n_mels {m.n_mels}")
-        if chosen and not (m.context == "transformer" and not m.context_causal):
+        if not (m.context == "transformer" and not m.context_causal):
             raise ConfigError("objective mpc needs a bidirectional Transformer (context: transformer, "
                               "context_causal: false)")
-        if chosen and o.mpc_freq_mask_bins and m.frontend != "logmel":
+        if o.mpc_freq_mask_bins and m.frontend != "logmel":
             raise ConfigError("mpc_freq_mask_bins needs frontend: logmel (the band is masked in the log-mel input)")
 
     @staticmethod

@@ -69,8 +69,8 @@ class NPCObjective(nn.Module):
     Settings = NPCSettings
 
     @staticmethod
-    def check(cfg: Config, chosen: bool) -> None:
-        """Refuse impossible VQ settings and, when NPC trains, any context but NPC's masked convs."""
+    def check(cfg: Config) -> None:
+        """Refuse impossible VQ settings and any context but NPC's masked convs."""
         m, o = cfg.model, cfg.objective
         if o.npc_vq_groups < 0:
             raise ConfigError(f"config key 'npc_vq_groups' must not be negative, got {o.npc_vq_groups}")
@@ -80,7 +80,7 @@ class NPCObjective(nn.Module):
         if o.npc_vq_groups and m.context_dim % o.npc_vq_groups:
             raise ConfigError(f"NPC's VQ needs context_dim {m.context_dim} divisible by npc_vq_groups "
                               f"{o.npc_vq_groups}")
-        if chosen and m.context != "npc":
+        if m.context != "npc":
             raise ConfigError(f"objective npc needs context: npc (its masked-conv network), got context: {m.context}")
 
     @staticmethod
