@@ -206,7 +206,7 @@ def forward_chunked(model: SSLModel, wavs: torch.Tensor, lengths: torch.Tensor, 
     frame_lengths = model.output_lengths(lengths)
     total = int(frame_lengths.max())
     if total == 0:  # every file is shorter than the receptive field
-        dims = {name: model.encoder_dim if name == "encoder" else model.context_dim for name in layers}
+        dims = {name: model.named_outputs()[name] for name in layers}
         return {name: wavs.new_zeros(len(wavs), 0, dim) for name, dim in dims.items()}, frame_lengths
     if chunk_frames <= 0 or chunk_frames >= total:
         chunk_frames, margin = total, 0
@@ -338,7 +338,7 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
              progress: bool) -> dict[str, FeatureSet]:
     folders = {name: out_dir / name for name in layers}
     _check_inside(out_dir, folders, relative)
-    dims = {name: model.encoder_dim if layer == "encoder" else model.context_dim for name, layer in layers.items()}
+    dims = {name: model.named_outputs()[layer] for name, layer in layers.items()}
     for folder in folders.values():  # a killed run's temporary files; the lock keeps out live writers
         remove_stale_temps(folder, recursive=True)
     for name, layer in layers.items():

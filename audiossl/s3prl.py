@@ -43,15 +43,14 @@ class UpstreamExpert(nn.Module):
         self.model = load_model(ckpt)
         if self.model.sample_rate != SAMPLE_RATE:
             raise ValueError(f"{ckpt}: the model reads {self.model.sample_rate} Hz audio; s3prl feeds 16 kHz")
-        num_layers = len(self.model.layer_names) - 2  # encoder, context, context_1 .. context_L
-        with torch.no_grad():  # which outputs the context network has and how wide, from 1 s of noise
-            wav = 0.1 * torch.randn(1, SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
-            z, lengths = self.model.encode(wav, torch.tensor([SAMPLE_RATE]))
-            outputs, _ = self.model.contextualize(z, lengths)
-        names = [f"context_{i + 1}" for i in range(min(len(outputs), num_layers))]
-        if len(outputs) > num_layers:  # NPC: its masked representation after the blocks' outputs
+        # s3prl weighs hidden states of one width: every context layer, the encoder's output when it is as
+        # wide (and is not itself the context: NoContext), and a summary output after the layers (NPC's).
+        context = self.model.context
+        names = [f"context_{i + 1}" for i in range(context.num_layers)]
+        if context.summary_output:
             names.append("context")
-        if z.shape[-1] == outputs[-1].shape[-1] and not isinstance(self.model.context, NoContext):
+        outputs = self.model.named_outputs()
+        if outputs["encoder"] == outputs["context"] and not isinstance(context, NoContext):
             names.insert(0, "encoder")
         self.layers = tuple(names)
 

@@ -247,3 +247,12 @@ def test_bad_input_shape():
     with pytest.raises(ValueError, match=r"\(batch, samples\)"):
         model.encode(torch.randn(1, 1, 3200), torch.tensor([3200]))
 
+
+def test_the_model_declares_its_outputs_and_window_frames():
+    gru = build_model(build_config(overrides={"encoder_channels": 32, "context_dim": 24, "context_layers": 2}).model)
+    assert gru.named_outputs() == {"encoder": 32, "context": 24, "context_1": 24, "context_2": 24}
+    assert gru.window_frames(20480) == 128  # CPC_audio's training window
+    with torch.no_grad():  # what the model says is what it gives
+        out, _ = gru.extract_features(0.1 * torch.randn(1, 3200), torch.tensor([3200]), tuple(gru.layer_names))
+    assert {name: feats.shape[-1] for name, (feats, _) in out.items()} == gru.named_outputs()
+    assert all(feats.shape[1] == gru.window_frames(3200) for feats, _ in out.values())

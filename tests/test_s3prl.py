@@ -16,7 +16,7 @@ import torch
 from audiossl.checkpoint import atomic_save, load_model
 from audiossl.cli import main
 from audiossl.config import build_config
-from audiossl.models.model import build_model
+from audiossl.models.model import SSLModel, build_model
 from audiossl.objectives import build_objective
 from audiossl.s3prl import UpstreamExpert
 from audiossl.train import initial_checkpoint
@@ -136,3 +136,19 @@ def test_cpc_audio_release_loads_in_s3prls_cpc_local(run, tmp_path):
     assert (hidden[0] - mine["encoder"][0]).abs().max() < 1e-4
     assert (hidden[1] - mine["context"][0]).abs().max() < 1e-4
     assert (hidden[1] - expert["last_hidden_state"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_expert_reads_its_layers_from_the_model_without_running_it(name, tmp_path, monkeypatch):
+    settings, layers = MODELS[name]
+    path = checkpoint(tmp_path, settings)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the expert ran the model to find its layers")
+
+    monkeypatch.setattr(SSLModel, "encode", no_forward)
+    expert = UpstreamExpert(str(path))
+    assert expert.layers == tuple(layers)
+    declared = expert.model.named_outputs()
+    assert list(declared) == expert.model.layer_names and {declared[layer] for layer in layers} == {
+        expert.model.context_dim}

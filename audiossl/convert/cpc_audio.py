@@ -57,7 +57,14 @@ import torch
 from audiossl.atomic import atomic_write
 from audiossl.checkpoint import atomic_save, load_checkpoint, load_data, load_state
 from audiossl.config import Config
-from audiossl.convert.cpc_audio_args import ConvertError, args_from_config, config_from_args, merged, predictor_carried
+from audiossl.convert.cpc_audio_args import (
+    DOWNSAMPLING,
+    ConvertError,
+    args_from_config,
+    config_from_args,
+    merged,
+    predictor_carried,
+)
 from audiossl.models.model import SSLModel, build_model
 from audiossl.objectives import build_objective
 
@@ -303,10 +310,11 @@ def _fresh_adam(args: dict[str, Any], model: dict, criterion: dict) -> dict:
 
 def _check_frames(cfg: Config, model: SSLModel, where: str) -> None:
     """CPC_audio sizes its Transformer predictor by ``sizeWindow // 160`` frames; audiossl by the conv arithmetic."""
-    frames = int(model.output_lengths(torch.tensor([cfg.data.window_samples])))
-    if cfg.objective.cpc_predictor == "transformer" and frames != cfg.data.window_samples // 160:
+    frames = model.window_frames(cfg.data.window_samples)
+    if cfg.objective.cpc_predictor == "transformer" and frames != cfg.data.window_samples // DOWNSAMPLING:
+        expected = cfg.data.window_samples // DOWNSAMPLING
         raise ConvertError(f"{where}: window_samples {cfg.data.window_samples} gives {frames} frames, CPC_audio's "
-                           f"Transformer predictor expects sizeWindow // 160 = {cfg.data.window_samples // 160}")
+                           f"Transformer predictor expects sizeWindow // {DOWNSAMPLING} = {expected}")
 
 
 def to_cpc_audio(source: str | Path, out: str | Path) -> list[str]:

@@ -27,11 +27,14 @@ class ContextNetwork(nn.Module):
             continues the computation on the next chunk of the same input,
             so chunked extraction equals one pass.
         layers: its layers, one output each (``context_1 .. context_L``).
+        summary_output: ``forward`` returns one more output after the
+            layers', which is ``context`` (NPC's summed masked features).
     """
 
     out_dim: int
     causal: bool = True
     carries_state: bool = False
+    summary_output: bool = False  # forward returns one more output after its layers' (NPC's masked sum)
 
     @property
     def num_layers(self) -> int:

@@ -66,10 +66,22 @@ class SSLModel(nn.Module):
         """Names ``extract_features`` accepts: encoder, context, context_1..L."""
         return ["encoder", "context"] + [f"context_{i + 1}" for i in range(self.context.num_layers)]
 
+    def named_outputs(self) -> dict[str, int]:
+        """Every layer ``extract_features`` gives and its width, in :attr:`layer_names`' order.
+
+        Declared, not measured: extraction, the s3prl upstream and the
+        probes read the model's outputs from here without running it.
+        """
+        return {name: self.encoder_dim if name == "encoder" else self.context_dim for name in self.layer_names}
+
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames produced for inputs of ``lengths`` samples."""
         feats = lengths // self.frontend.hop if self.frontend.hop > 1 else lengths
         return self.encoder.output_lengths(feats)
+
+    def window_frames(self, samples: int) -> int:
+        """Frames one window of ``samples`` samples gives (a training window's frame count)."""
+        return int(self.output_lengths(torch.tensor([samples])))
 
     def encode(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, samples) -> z (batch, frames, encoder_dim), frame lengths."""

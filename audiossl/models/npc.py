@@ -124,6 +124,7 @@ class NPCContext(ContextNetwork):
     """
 
     causal = False
+    summary_output = True
 
     def __init__(self, in_dim: int, channels: int = 512, num_blocks: int = 4, residual: bool = True,
                  dropout: float = 0.1, kernel: int = 15, mask: int = 5):

@@ -162,7 +162,7 @@ class CPCObjective(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module) -> "CPCObjective":
         o = cfg.objective
-        frames = int(model.output_lengths(torch.tensor([cfg.data.window_samples])))
+        frames = model.window_frames(cfg.data.window_samples)
         return cls(model.context_dim, model.encoder_dim, o.cpc_steps, o.cpc_negatives, o.cpc_negative_policy,
                    o.cpc_score, o.cpc_temperature, o.cpc_loss, o.cpc_predictor, frames - o.cpc_steps)
 

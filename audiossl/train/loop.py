@@ -56,8 +56,7 @@ from audiossl.train.stream import BatchStream, load_windows
 def build_pretrainer(cfg: Config) -> Pretrainer:
     """The model and objective of ``cfg``; a window too short for the model is refused here."""
     model = build_model(cfg.model, cfg.data.sample_rate)
-    window_frames = int(model.output_lengths(torch.tensor([cfg.data.window_samples])))
-    check_window(cfg, window_frames, model.receptive_field)
+    check_window(cfg, model.window_frames(cfg.data.window_samples), model.receptive_field)
     return Pretrainer(model, build_objective(cfg, model))
 
 
