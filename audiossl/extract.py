@@ -56,24 +56,23 @@ from tqdm import tqdm
 from audiossl.atomic import atomic_write, remove_stale_temps
 from audiossl.audio import AudioError, read_audio
 from audiossl.data.alignments import load_split
-from audiossl.data.corpus import Utterance, load_corpus, write_manifest
+from audiossl.data.corpus import Utterance, load_corpus
 from audiossl.features import (
     FORMATS,
     INDEX,
-    INDEX_COLUMNS,
     META,
     NPZ_KEY,
     SOURCES,
-    UTTERANCES,
     VERSION,
     FeatureError,
     FeatureSet,
     audio_stamp,
+    check_inside,
     feature_path,
     read_sources,
     relative_paths,
-    source_label,
     stored_frames,
+    write_index,
 )
 from audiossl.lock import FolderLock
 from audiossl.models.baselines import build_baseline
@@ -244,20 +243,6 @@ def length_batches(seconds: Sequence[float], batch_size: int, batch_seconds: flo
     return batches
 
 
-def _check_inside(out_dir: Path, folders: Mapping[str, Path], relative: Mapping[str, Path]) -> None:
-    """Refuse a folder symlink (a layer folder, or one of the tree below it) that leads out of ``out_dir``."""
-    top = out_dir.resolve()
-    for folder in folders.values():
-        inside = folder.resolve()
-        if not inside.is_relative_to(top):
-            raise FeatureError(f"{folder} leads to {inside}, outside {out_dir}; refused (remove the link)")
-        for parent in sorted({r.parent for r in relative.values()}):
-            where = (folder / parent).resolve()
-            if not where.is_relative_to(inside):
-                raise FeatureError(f"{folder / parent} leads to {where}, outside {folder}; refused "
-                                   "(remove the link)")
-
-
 def _prepare_folder(folder: Path, meta: dict) -> None:
     """Refuse a folder made by something else; start this run's bookkeeping."""
     meta_path = folder / META
@@ -337,7 +322,7 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
              chunk_frames: int, dtype: str, device: torch.device, num_workers: int,
              progress: bool) -> dict[str, FeatureSet]:
     folders = {name: out_dir / name for name in layers}
-    _check_inside(out_dir, folders, relative)
+    check_inside(out_dir, folders, relative)
     dims = {name: model.named_outputs()[layer] for name, layer in layers.items()}
     for folder in folders.values():  # a killed run's temporary files; the lock keeps out live writers
         remove_stale_temps(folder, recursive=True)
@@ -409,15 +394,6 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
         tqdm.write(f"{len(failed)} of {len(utterances)} file(s) failed to decode and were skipped "
                    f"(e.g. {', '.join(failed[:3])}); running again retries them", file=sys.stderr)
     for name, folder in folders.items():
-        _write_index(folder, done, relative, num_frames, dims[name], f"{model.frame_rate:g}", layers[name], source)
+        write_index(folder, done, relative, num_frames, dims[name], f"{model.frame_rate:g}", layers[name], source)
     return {name: FeatureSet(folder) for name, folder in folders.items()}
 
-
-def _write_index(folder: Path, done: list[Utterance], relative: dict[str, PurePath], num_frames: dict[str, int],
-                 dim: int, frame_rate: str, layer: str, source: dict) -> None:
-    """``utterances.tsv``, then ``index.tsv``, whose presence marks the folder finished."""
-    rows = [INDEX_COLUMNS, *((u.id, relative[u.id].as_posix(), num_frames[u.id], dim, frame_rate, layer,
-                              source_label(source)) for u in done)]
-    index = "".join("\t".join(map(str, row)) + "\n" for row in rows).encode()
-    write_manifest(done, folder / UTTERANCES)
-    atomic_write(folder / INDEX, lambda f: f.write(index))

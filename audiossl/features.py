@@ -31,7 +31,8 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from audiossl.data.corpus import CorpusError, Utterance, read_manifest
+from audiossl.atomic import atomic_write
+from audiossl.data.corpus import CorpusError, Utterance, read_manifest, write_manifest
 from audiossl.errors import UserError
 
 __all__ = ["FeatureError", "FeatureSet", "audio_stamp", "feature_path", "read_sources",
@@ -227,3 +228,31 @@ class FeatureSet:
         if feats.shape != expected:
             raise FeatureError(f"{path}: shape {feats.shape}, the index says {expected}")
         return feats
+
+
+def write_index(folder: Path, done: list[Utterance], relative: dict[str, PurePath], num_frames: dict[str, int],
+                 dim: int, frame_rate: str, layer: str, source: dict) -> None:
+    """Finish a layer folder: ``utterances.tsv``, then ``index.tsv``, whose presence marks it finished.
+
+    ``extract`` calls it once every array of ``done`` is written; readers (:class:`FeatureSet`) trust nothing
+    in a folder without it.
+    """
+    rows = [INDEX_COLUMNS, *((u.id, relative[u.id].as_posix(), num_frames[u.id], dim, frame_rate, layer,
+                              source_label(source)) for u in done)]
+    index = "".join("\t".join(map(str, row)) + "\n" for row in rows).encode()
+    write_manifest(done, folder / UTTERANCES)
+    atomic_write(folder / INDEX, lambda f: f.write(index))
+
+
+def check_inside(out_dir: Path, folders: Mapping[str, Path], relative: Mapping[str, Path]) -> None:
+    """Refuse a folder symlink (a layer folder, or one of the tree below it) that leads out of ``out_dir``."""
+    top = out_dir.resolve()
+    for folder in folders.values():
+        inside = folder.resolve()
+        if not inside.is_relative_to(top):
+            raise FeatureError(f"{folder} leads to {inside}, outside {out_dir}; refused (remove the link)")
+        for parent in sorted({r.parent for r in relative.values()}):
+            where = (folder / parent).resolve()
+            if not where.is_relative_to(inside):
+                raise FeatureError(f"{folder / parent} leads to {where}, outside {folder}; refused "
+                                   "(remove the link)")
