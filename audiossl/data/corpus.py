@@ -93,19 +93,19 @@ def _identity(path: str | Path) -> tuple[int, int] | None:
 def _walk_once(root: Path) -> tuple[list[Path], list[str]]:
     """os.walk following folder links, each real folder once; the audio files found and the links not followed.
 
-    A link is not followed when it leads to a folder of the tree itself (that
-    folder is walked as itself: ``ln -s . spk/again`` is a loop) or to one
-    reached already (a second link to one target); links to folders elsewhere
-    (a corpus assembled from other disks) are followed once.
+    A link is not followed when it leads into the tree itself (that folder is
+    walked as itself: ``ln -s . spk/again`` is a loop) or to a folder reached
+    already (a second link to one target); links to folders elsewhere (a
+    corpus assembled from other disks) are followed once.
     """
-    tree = {_identity(where) for where, _, _ in os.walk(root)}  # the real folders, which no link replaces
+    inside = Path(os.path.realpath(root))
     seen, files, skipped = {_identity(root)}, [], []
     for where, dirs, names in os.walk(root, followlinks=True):
         kept = []
         for name in sorted(dirs):
             path = os.path.join(where, name)
             key = _identity(path)
-            if key in seen or (os.path.islink(path) and key in tree):
+            if key in seen or (os.path.islink(path) and Path(os.path.realpath(path)).is_relative_to(inside)):
                 skipped.append(f"{path} -> {os.path.realpath(path)}")
                 continue
             seen.add(key)
@@ -126,19 +126,20 @@ def find_audio(root: Path) -> list[Path]:
     """
     paths, skipped = _walk_once(root)
     first: dict[tuple[int, int], Path] = {}
-    twice = []
+    twice, unreadable = [], []  # unreadable (a broken link): kept, so the scan names its problem
     for path in sorted(paths, key=lambda p: (p.is_symlink(), p)):  # the file itself before a link to it
         key = _identity(path)
-        if key is not None and key in first:
+        if key is None:
+            unreadable.append(path)
+        elif key in first:
             twice.append(f"{path} (the same file as {first[key]})")
-        elif key is not None:
+        else:
             first[key] = path
     for link in skipped:
         print(f"skipped {link}: a link to a folder scanned already; following it would count its files twice")
     if twice:
         print(f"skipped {len(twice)} file(s) found again through links, e.g. {'; '.join(twice[:3])}")
-    counted = set(first.values())
-    return sorted(p for p in paths if p in counted or _identity(p) is None)
+    return sorted([*first.values(), *unreadable])
 
 
 def _stamp(path: Path) -> tuple[int, int]:
