@@ -46,7 +46,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.config import check_seed
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
@@ -67,6 +66,7 @@ from audiossl.probes.runner import (
 )
 from audiossl.probes.tasks import check_label_rate
 from audiossl.probes.units import silence_class
+from audiossl.settings import check_seed
 
 __all__ = [
     "ABXSettings",

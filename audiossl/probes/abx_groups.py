@@ -49,7 +49,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.config import check_seed
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.abx import average_cells
@@ -57,6 +56,7 @@ from audiossl.probes.abx_items import ItemFile, ItemFileError, Items, frame_span
 from audiossl.probes.dtw import pair_distances
 from audiossl.probes.runner import Score, feature_sets_with_floors, listing, row_name, score_sets, scores
 from audiossl.probes.tasks import ProbeError
+from audiossl.settings import check_seed
 
 __all__ = [
     "CONTEXT_MODES",

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from audiossl.config import check_seed
 from audiossl.probes.fit import EarlyStopping, cosine_schedule
+from audiossl.settings import check_seed
 from audiossl.stopping import stop_point
 
 __all__ = ["ProbeResult", "ProbeSettings", "train_linear_probe"]
