@@ -40,9 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from audiossl.config import Config, build_config, parse_overrides  # noqa: E402
-from audiossl.models.model import build_model  # noqa: E402
-from audiossl.objectives import build_objective  # noqa: E402
-from audiossl.train import Pretrainer  # noqa: E402
+from audiossl.train.loop import build_pretrainer  # noqa: E402
 
 PARTS = ("model", "objective", "backward")
 
@@ -93,8 +91,8 @@ def count_flops(cfg: Config, device: torch.device) -> dict[str, int]:
     method on CUDA, timed) are made outside the count.
     """
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.data.sample_rate)
-    module = Pretrainer(model, build_objective(cfg, model)).to(device).train()
+    module = build_pretrainer(cfg).to(device).train()  # as training and audiossl bench build it
+    model = module.model
     batch_size, window = cfg.train.batch_size, cfg.data.window_samples
     batch = {"wavs": 0.1 * torch.randn(batch_size, window, device=device),
              "lengths": torch.full((batch_size,), window, device=device),
