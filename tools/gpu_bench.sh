@@ -22,7 +22,7 @@
 # CPU: a 512 x 512 matmul peak). Every run has its own time limit
 # (RUN_LIMIT seconds), so one slow compilation costs one line, not the whole
 # command. Eager runs take seconds each on a GPU; compilation can take
-# minutes per config (on the 2-core CPU it took 14 minutes cold for CPC, 1
+# minutes per config (on a 2-core CPU whose model was not recorded it took 14 minutes cold for CPC, 1
 # with inductor's cache warm), so under a 10-minute command limit run the
 # eager and compiled halves as two commands (COMPILES=0, then COMPILES=1).
 # With OUT set, everything printed is also written to $OUT/gpu_bench.txt.
