@@ -5,7 +5,7 @@ versions that wrote it, the step and the data position, the model, objective,
 optimizer and scheduler states, and the RNG states. It is written to a
 temporary file beside the target, flushed to disk and renamed, so a crash
 leaves the previous checkpoint intact (and a full disk says so in one line,
-see :mod:`audiossl.atomic`). It is read with
+see :mod:`audiossl.utils.atomic`). It is read with
 ``torch.load(weights_only=True)``: loading never runs code. States are loaded
 into modules by :func:`load_state`, which names the first tensor whose shape
 differs instead of torch's ``size mismatch`` traceback.
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from audiossl.atomic import atomic_write
+from audiossl.utils.atomic import atomic_write
 from audiossl.config import Config
 from audiossl.errors import UserError
 from audiossl.models.model import SSLModel, build_model

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audiossl.atomic import atomic_write
+from audiossl.utils.atomic import atomic_write
 from audiossl.data.alignments import load_split
 from audiossl.errors import UserError
 from audiossl.features import FeatureSet, source_label

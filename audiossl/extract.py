@@ -15,7 +15,7 @@ modification time of the file each array came from, and an array whose audio
 changed since is made again; the run prints how many arrays it reused, added
 and redid. A file that fails to decode (deleted or truncated since the scan)
 is named on stderr and left out of the index; the run goes on and a later run
-retries it. The run holds ``OUT/.lock`` (:mod:`audiossl.lock`; a second
+retries it. The run holds ``OUT/.lock`` (:mod:`audiossl.utils.lock`; a second
 extraction into the folder waits for it), so it can remove the temporary files
 a killed run left, and it never writes through a
 folder symlink that leads out of ``OUT``.
@@ -53,7 +53,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from audiossl.atomic import atomic_write, remove_stale_temps
+from audiossl.utils.atomic import atomic_write, remove_stale_temps
 from audiossl.audio import AudioError, read_audio
 from audiossl.data.alignments import load_split
 from audiossl.data.corpus import Utterance, load_corpus
@@ -74,7 +74,7 @@ from audiossl.features import (
     stored_frames,
     write_index,
 )
-from audiossl.lock import FolderLock
+from audiossl.utils.lock import FolderLock
 from audiossl.models.baselines import build_baseline
 from audiossl.models.model import SSLModel
 from audiossl.stopping import ignore_in_worker, stop_point, stop_requested

@@ -16,7 +16,7 @@ Layout of an extraction folder ``OUT``::
 ``path`` in the index is relative to the layer folder; ``checkpoint`` is the
 checkpoint's path, or ``baseline:<name>`` for a hand-made feature. Utterance
 ids stay the keys. Every file is written to a temporary name and renamed
-(:func:`audiossl.atomic.atomic_write`); no array lies outside its layer folder
+(:func:`audiossl.utils.atomic.atomic_write`); no array lies outside its layer folder
 (:func:`feature_path` refuses a path with ``..`` or an absolute one).
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from audiossl.atomic import atomic_write
+from audiossl.utils.atomic import atomic_write
 from audiossl.data.corpus import CorpusError, Utterance, read_manifest, write_manifest
 from audiossl.errors import UserError
 

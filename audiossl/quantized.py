@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audiossl.atomic import atomic_write, remove_stale_temps
+from audiossl.utils.atomic import atomic_write, remove_stale_temps
 from audiossl.data.corpus import write_manifest
 from audiossl.discrete import MODEL_VERSION, UnitModel, UnitsError, check_features, split_ids
 from audiossl.features import (
@@ -50,7 +50,7 @@ from audiossl.features import (
     read_sources,
     stored_frames,
 )
-from audiossl.lock import FolderLock
+from audiossl.utils.lock import FolderLock
 
 __all__ = ["ONEHOT_FORMATS", "assign_units", "format_line", "open_onehot", "parse_line", "read_quantized",
            "write_quantized"]

@@ -162,7 +162,7 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 def describe_machine(device: torch.device | None = None) -> str:
     """One line naming what a time figure was measured on: the CPU (or GPU), its capability, threads, allocator."""
-    from audiossl import allocator
+    from audiossl.utils import allocator
 
     cpu = platform.processor() or platform.machine()
     try:

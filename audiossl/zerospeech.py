@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from audiossl.atomic import atomic_write
+from audiossl.utils.atomic import atomic_write
 from audiossl.features import FeatureSet
 
 __all__ = ["FILE_TYPES", "META_FILE", "check_ids", "check_subset", "submission_meta", "write_submission"]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from audiossl import allocator
+from audiossl.utils import allocator
 
 from conftest import package_env
 
@@ -50,7 +50,7 @@ def test_no_reexecution(execs, monkeypatch, case):
 
 @pytest.mark.skipif(allocator.find_tcmalloc() is None, reason="tcmalloc is not installed")
 def test_loaded_sees_a_preloaded_tcmalloc():
-    probe = [sys.executable, "-c", "from audiossl.allocator import loaded; print(loaded())"]
+    probe = [sys.executable, "-c", "from audiossl.utils.allocator import loaded; print(loaded())"]
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "False"
     env["LD_PRELOAD"] = allocator.find_tcmalloc()

@@ -206,7 +206,7 @@ def test_every_user_error_is_one_userror_type():
     from audiossl.discrete import UnitsError
     from audiossl.errors import UserError
     from audiossl.features import FeatureError
-    from audiossl.lock import FolderLocked
+    from audiossl.utils.lock import FolderLocked
     from audiossl.probes.abx_items import ItemFileError
     from audiossl.probes.tasks import ProbeError
     from audiossl.resume import ResumeError

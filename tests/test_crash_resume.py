@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiossl.atomic import DiskFullError
+from audiossl.utils.atomic import DiskFullError
 from audiossl.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from audiossl.cli import main
 from audiossl.config import build_config

@@ -2,7 +2,7 @@
 # Set up a fresh machine: a virtual environment in .venv with audiossl
 # installed in editable mode (with the test extra and s3prl, which the s3prl
 # upstream's tests run against, and the ABX reference zrc-abx2), plus Debian's flite and sox for the corpus
-# builder and tcmalloc for training (audiossl/allocator.py) when we may
+# builder and tcmalloc for training (audiossl/utils/allocator.py) when we may
 # install them.
 set -euo pipefail
 cd "$(dirname "$0")/.."

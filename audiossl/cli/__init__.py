@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from audiossl.allocator import reexec_under_tcmalloc
+from audiossl.utils.allocator import reexec_under_tcmalloc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import contextlib
 import errno
 import sys
 
-from audiossl.atomic import DiskFullError
+from audiossl.utils.atomic import DiskFullError
 from audiossl.cli import (
     bench,
     convert,

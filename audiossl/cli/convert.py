@@ -35,7 +35,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print_config(cfg)
         atomic_save(ckpt, args.out)
         if args.config_out:
-            from audiossl.atomic import atomic_write
+            from audiossl.utils.atomic import atomic_write
 
             text = yaml.safe_dump(cfg.flat(), sort_keys=False)
             atomic_write(args.config_out, lambda f: f.write(text.encode()), what="config")

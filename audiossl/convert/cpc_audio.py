@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from audiossl.atomic import atomic_write
+from audiossl.utils.atomic import atomic_write
 from audiossl.checkpoint import atomic_save, load_checkpoint, load_data, load_state
 from audiossl.config import Config
 from audiossl.convert.cpc_audio_args import (

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiossl.atomic import atomic_write
+from audiossl.utils.atomic import atomic_write
 from audiossl.errors import UserError
 
 __all__ = [

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.atomic import DiskFullError, atomic_write
+from audiossl.utils.atomic import DiskFullError, atomic_write
 from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
 from audiossl.data.corpus import Utterance, load_corpus
 from audiossl.extract import FeatureSet, extract, open_source, select_utterances

@@ -30,7 +30,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from audiossl.atomic import atomic_write
+from audiossl.utils.atomic import atomic_write
 
 __all__ = ["Curve", "order_sources", "plot_confusion", "plot_probe_scores", "plot_projection", "plot_training",
            "plot_unit_quality", "save_figure"]

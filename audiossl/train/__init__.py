@@ -22,7 +22,7 @@ scheduler, data position and RNG states, and ``train_log.tsv`` (step, loss,
 lr; one line per step, cut back to the checkpoint on resume) then reads as if
 the run had never stopped.
 
-On shared clusters: the run holds ``EXP_DIR/.lock`` (:mod:`audiossl.lock`);
+On shared clusters: the run holds ``EXP_DIR/.lock`` (:mod:`audiossl.utils.lock`);
 SIGTERM, SIGINT, SIGUSR1 and the time budget stop it after the current step
 with a checkpoint (:mod:`audiossl.stopping`, which also lists the exit
 codes); what a resume may change and what it refuses is :mod:`audiossl.resume`;

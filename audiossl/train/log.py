@@ -16,7 +16,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from audiossl.atomic import atomic_write
+from audiossl.utils.atomic import atomic_write
 from audiossl.config import Config
 from audiossl.runtime import Distributed
 

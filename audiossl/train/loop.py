@@ -30,10 +30,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from audiossl.atomic import remove_stale_temps
+from audiossl.utils.atomic import remove_stale_temps
 from audiossl.checkpoint import load_checkpoint
 from audiossl.config import Config, check_window
-from audiossl.lock import FolderLock
+from audiossl.utils.lock import FolderLock
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
 from audiossl.resume import check_resumable
@@ -151,7 +151,7 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
         stopped early (``stopped``: ``"signal"``, ``"budget"`` or None).
 
     Raises:
-        FolderLocked: another run holds ``exp_dir`` (see :mod:`audiossl.lock`).
+        FolderLocked: another run holds ``exp_dir`` (see :mod:`audiossl.utils.lock`).
     """
     with contextlib.ExitStack() as held:  # the folder's lock, the signal handlers: released however the run ends
         if int(os.environ.get("RANK", 0)) == 0:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from audiossl.lock import LOCK_NAME
+from audiossl.utils.lock import LOCK_NAME
 
 __all__ = ["DiskFullError", "atomic_write", "remove_stale_temps", "temp_path"]
 
@@ -152,7 +152,7 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path
 
     A file is removed only when its writer is provably gone: no process has
     its pid on this machine, or the pid is this process's own. Call it only on
-    a folder whose lock (:mod:`audiossl.lock`) this process holds: a pid says
+    a folder whose lock (:mod:`audiossl.utils.lock`) this process holds: a pid says
     nothing about writers on other nodes, and the lock keeps those out. A
     killed writer whose pid was reused since keeps its file until that
     process ends; a hidden leftover costs less than a live checkpoint.
