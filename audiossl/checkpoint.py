@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.config import Config
 from audiossl.errors import UserError
 from audiossl.models.model import SSLModel, build_model
+from audiossl.utils.atomic import atomic_write
 from audiossl.version import __version__
 
 

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.data.alignments import load_split
 from audiossl.errors import UserError
 from audiossl.features import FeatureSet, source_label
 from audiossl.kmeans import KMeansSettings, assign, minibatch_kmeans
+from audiossl.utils.atomic import atomic_write
 from audiossl.version import __version__
 
 __all__ = ["FitSettings", "UnitModel", "UnitsError", "check_features", "fit_units", "sample_frames", "split_ids",

@@ -53,7 +53,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from audiossl.utils.atomic import atomic_write, remove_stale_temps
 from audiossl.audio import AudioError, read_audio
 from audiossl.data.alignments import load_split
 from audiossl.data.corpus import Utterance, load_corpus
@@ -74,10 +73,11 @@ from audiossl.features import (
     stored_frames,
     write_index,
 )
-from audiossl.utils.lock import FolderLock
 from audiossl.models.baselines import build_baseline
 from audiossl.models.model import SSLModel
-from audiossl.stopping import ignore_in_worker, stop_point, stop_requested
+from audiossl.utils.atomic import atomic_write, remove_stale_temps
+from audiossl.utils.lock import FolderLock
+from audiossl.utils.stopping import ignore_in_worker, stop_point, stop_requested
 
 # FeatureError and FeatureSet are re-exported: probes and reports import them from here.
 __all__ = ["FeatureError", "FeatureSet", "extract", "forward_chunked", "open_source", "select_utterances"]

@@ -31,9 +31,9 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.data.corpus import CorpusError, Utterance, read_manifest, write_manifest
 from audiossl.errors import UserError
+from audiossl.utils.atomic import atomic_write
 
 __all__ = ["FeatureError", "FeatureSet", "audio_stamp", "feature_path", "read_sources",
            "relative_paths", "source_label", "stored_frames"]

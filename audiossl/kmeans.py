@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from audiossl.settings import check_seed
-from audiossl.stopping import stop_point
+from audiossl.utils.stopping import stop_point
 
 __all__ = ["KMeansResult", "KMeansSettings", "assign", "kmeans_plusplus", "minibatch_kmeans", "restart_dead_centres",
            "squared_distances"]

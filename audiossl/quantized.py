@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audiossl.utils.atomic import atomic_write, remove_stale_temps
 from audiossl.data.corpus import write_manifest
 from audiossl.discrete import MODEL_VERSION, UnitModel, UnitsError, check_features, split_ids
 from audiossl.features import (
@@ -50,6 +49,7 @@ from audiossl.features import (
     read_sources,
     stored_frames,
 )
+from audiossl.utils.atomic import atomic_write, remove_stale_temps
 from audiossl.utils.lock import FolderLock
 
 __all__ = ["ONEHOT_FORMATS", "assign_units", "format_line", "open_onehot", "parse_line", "read_quantized",

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.features import FeatureSet
+from audiossl.utils.atomic import atomic_write
 
 __all__ = ["FILE_TYPES", "META_FILE", "check_ids", "check_subset", "submission_meta", "write_submission"]
 

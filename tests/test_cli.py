@@ -206,11 +206,11 @@ def test_every_user_error_is_one_userror_type():
     from audiossl.discrete import UnitsError
     from audiossl.errors import UserError
     from audiossl.features import FeatureError
-    from audiossl.utils.lock import FolderLocked
     from audiossl.probes.abx_items import ItemFileError
     from audiossl.probes.tasks import ProbeError
-    from audiossl.resume import ResumeError
     from audiossl.runtime import DeviceError
+    from audiossl.train.resume import ResumeError
+    from audiossl.utils.lock import FolderLocked
 
     assert USER_ERRORS == (UserError, FileNotFoundError)
     for error in (AudioError, CheckpointError, ConfigError, ConvertError, CorpusError, UnitsError, FeatureError,

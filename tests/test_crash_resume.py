@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiossl.utils.atomic import DiskFullError
 from audiossl.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from audiossl.cli import main
 from audiossl.config import build_config
 from audiossl.data.corpus import Problem, Utterance, read_manifest, read_problems, write_manifest, write_problems
 from audiossl.objectives.cpc import CPCObjective
 from audiossl.train import TRAIN_LOG, train
+from audiossl.utils.atomic import DiskFullError
 
 from conftest import package_env
 

@@ -23,8 +23,8 @@ import torch
 
 from audiossl.checkpoint import load_checkpoint
 from audiossl.cli import main
-from audiossl.stopping import EXIT_BUDGET, EXIT_FINISHED, EXIT_SIGNAL
 from audiossl.train import TRAIN_LOG, Pretrainer
+from audiossl.utils.stopping import EXIT_BUDGET, EXIT_FINISHED, EXIT_SIGNAL
 
 from conftest import package_env
 

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from audiossl.utils.atomic import DiskFullError, atomic_write, remove_stale_temps
 from audiossl.audio import AudioError, read_audio
 from audiossl.cli import main
 from audiossl.data.corpus import CorpusError, load_corpus, read_manifest
 from audiossl.discrete import FitSettings, fit_units
 from audiossl.extract import FeatureSet
 from audiossl.kmeans import KMeansSettings
+from audiossl.utils.atomic import DiskFullError, atomic_write, remove_stale_temps
 
 from conftest import package_env, synth_utterance
 
@@ -211,7 +211,8 @@ def test_a_numpy_short_write_on_a_full_filesystem_is_a_disk_full_error(small_dis
 
 
 def test_a_numpy_short_write_over_the_file_size_limit_is_a_disk_full_error(tmp_path):
-    script = ("import resource, sys; import numpy as np; from audiossl.utils.atomic import DiskFullError, atomic_write\n"
+    script = ("import resource, sys; import numpy as np\n"
+              "from audiossl.utils.atomic import DiskFullError, atomic_write\n"
               "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
               "try:\n"
               "    atomic_write(sys.argv[1], lambda f: np.save(f, np.zeros(50000, np.float32)))\n"

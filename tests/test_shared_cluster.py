@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiossl.utils import atomic
 from audiossl.checkpoint import load_checkpoint
 from audiossl.cli import main
 from audiossl.data.corpus import Utterance, read_manifest, write_manifest
-from audiossl.utils.lock import FolderLock
-from audiossl.resume import resume_position
 from audiossl.train import MAX_UNREADABLE_BATCHES, TRAIN_LOG, Pretrainer
+from audiossl.train.resume import resume_position
+from audiossl.utils import atomic
+from audiossl.utils.lock import FolderLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,8 @@ import audiossl
 from audiossl.checkpoint import load_checkpoint, load_model
 from audiossl.config import Config, build_config
 from audiossl.report.experiment import read_scalars
-from audiossl.resume import ResumeError
 from audiossl.train import TRAIN_LOG, Pretrainer, train
+from audiossl.train.resume import ResumeError
 
 
 def optimizer_steps(ckpt: dict) -> set[int]:

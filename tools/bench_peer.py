@@ -17,7 +17,7 @@ is copied here): ``cpc/model.py``'s ``CPCEncoder``, ``CPCAR`` and
 
 and stepped as its ``trainStep`` steps (model, criterion, the sum of the 12
 losses, backward, Adam, zero_grad) on random audio of shape (8, 1, 20480).
-audiossl's side is ``audiossl.bench.benchmark`` at
+audiossl's side is ``audiossl.train.bench.benchmark`` at
 ``recipes/conf/cpc_libri.yaml``, the same setting (``--config`` to change
 it; ``audiossl bench`` prints the same figure). The two sides alternate for
 ``--rounds`` rounds in one process, on the same torch threads, so a noisy
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.rounds, args.steps) < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--rounds, --steps and --threads must be at least 1, --warmup at least 0")
 
-    from audiossl.bench import benchmark
     from audiossl.config import ConfigError, build_config, parse_overrides
+    from audiossl.train.bench import benchmark
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -5,7 +5,7 @@ unreadable data mid-run; any command: the disk filled up); 2 a user error,
 found before any work (or a path that cannot be written: read-only, a file
 where a folder goes; a bad option or setting is one line, without argparse's
 usage block); 3 and 4 ``audiossl train`` stopped early with a checkpoint, by
-its time budget or by a signal (see :mod:`audiossl.stopping`); 4 also
+its time budget or by a signal (see :mod:`audiossl.utils.stopping`); 4 also
 ``extract``, ``probe`` and ``units fit`` stopped by a signal where nothing is
 partial; 130 interrupted (Ctrl-C twice in those, once elsewhere).
 

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import sys
 
-from audiossl.utils.atomic import DiskFullError
 from audiossl.cli import (
     bench,
     convert,
@@ -26,7 +25,8 @@ from audiossl.cli import (
     units,
 )
 from audiossl.errors import UserError
-from audiossl.stopping import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SIGNAL, EXIT_USAGE, Stopped, handle_stop_signals
+from audiossl.utils.atomic import DiskFullError
+from audiossl.utils.stopping import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SIGNAL, EXIT_USAGE, Stopped, handle_stop_signals
 
 # Errors that are the user's to fix: one line, no traceback. Every module's own derives from UserError
 # (audiossl/errors.py); a missing file named on the command line is the user's too.

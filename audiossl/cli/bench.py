@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from audiossl.bench import benchmark, format_loader, format_result, loader_benchmark
+    from audiossl.train.bench import benchmark, format_loader, format_result, loader_benchmark
 
     cfg = config_from(args)
     if args.compile:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from audiossl.cli.options import add_config_args, config_from, device_from, print_config
-from audiossl.stopping import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED
+from audiossl.utils.stopping import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -54,7 +54,6 @@ from typing import Any
 
 import torch
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.checkpoint import atomic_save, load_checkpoint, load_data, load_state
 from audiossl.config import Config
 from audiossl.convert.cpc_audio_args import (
@@ -67,6 +66,7 @@ from audiossl.convert.cpc_audio_args import (
 )
 from audiossl.models.model import SSLModel, build_model
 from audiossl.objectives import build_objective
+from audiossl.utils.atomic import atomic_write
 
 ARGS, LOGS = "checkpoint_args.json", "checkpoint_logs.json"
 CHECKPOINT = re.compile(r"^checkpoint_(\d+)\.pt$")

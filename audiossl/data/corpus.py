@@ -29,9 +29,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.data.validate import check_files, rate_problem
 from audiossl.errors import UserError
+from audiossl.utils.atomic import atomic_write
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MANIFEST_COLUMNS = ("id", "path", "speaker", "num_samples", "sample_rate")

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.errors import UserError
+from audiossl.utils.atomic import atomic_write
 
 __all__ = [
     "ITEM_HEADER",

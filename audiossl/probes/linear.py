@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from audiossl.probes.fit import EarlyStopping, cosine_schedule
 from audiossl.settings import check_seed
-from audiossl.stopping import stop_point
+from audiossl.utils.stopping import stop_point
 
 __all__ = ["ProbeResult", "ProbeSettings", "train_linear_probe"]
 

@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.utils.atomic import DiskFullError, atomic_write
 from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
 from audiossl.data.corpus import Utterance, load_corpus
 from audiossl.extract import FeatureSet, extract, open_source, select_utterances
 from audiossl.models.baselines import BASELINES, build_baseline
 from audiossl.probes.tasks import ProbeError, default_split
-from audiossl.stopping import stop_point
+from audiossl.utils.atomic import DiskFullError, atomic_write
+from audiossl.utils.stopping import stop_point
 
 __all__ = ["Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors", "labelled_in_every_set",
            "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "row_name",

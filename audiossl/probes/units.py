@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.data.alignments import load_phone_inventory
 from audiossl.data.corpus import Utterance
 from audiossl.probes.tasks import ProbeError
+from audiossl.utils.atomic import atomic_write
 
 __all__ = [
     "SP_TYPES",

@@ -3,6 +3,8 @@
     loop.py    train(): setup -> build -> data -> resume -> loop -> teardown,
                and the helpers each step calls
     log.py     what the run reports: train_log.tsv, TensorBoard, read errors
+    resume.py  what a resume may change (the config against the checkpoint) and what it refuses
+    bench.py   ``audiossl bench``: the step, built and run by the loop's own functions, and the loader
     state.py   TrainState (weights, optimizer, schedule, counters) <-> checkpoint
     stream.py  the corpus as windows; batches in a resumable order
 
@@ -24,8 +26,8 @@ the run had never stopped.
 
 On shared clusters: the run holds ``EXP_DIR/.lock`` (:mod:`audiossl.utils.lock`);
 SIGTERM, SIGINT, SIGUSR1 and the time budget stop it after the current step
-with a checkpoint (:mod:`audiossl.stopping`, which also lists the exit
-codes); what a resume may change and what it refuses is :mod:`audiossl.resume`;
+with a checkpoint (:mod:`audiossl.utils.stopping`, which also lists the exit
+codes); what a resume may change and what it refuses is :mod:`audiossl.train.resume`;
 a corpus none of whose files can be opened is refused before training, and
 ``MAX_UNREADABLE_BATCHES`` batches in a row without a readable window stop it.
 """

@@ -16,9 +16,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from audiossl.utils.atomic import atomic_write
 from audiossl.config import Config
 from audiossl.runtime import Distributed
+from audiossl.utils.atomic import atomic_write
 
 TRAIN_LOG = "train_log.tsv"
 TRAIN_LOG_COLUMNS = ("step", "loss", "lr")

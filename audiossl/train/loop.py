@@ -30,13 +30,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from audiossl.utils.atomic import remove_stale_temps
 from audiossl.checkpoint import load_checkpoint
 from audiossl.config import Config, check_window
-from audiossl.utils.lock import FolderLock
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective
-from audiossl.resume import check_resumable
 from audiossl.runtime import (
     Distributed,
     TrainingError,
@@ -47,10 +44,13 @@ from audiossl.runtime import (
     seed_everything,
     setup_distributed,
 )
-from audiossl.stopping import StopRequests
 from audiossl.train.log import MetricWindow, RunLog
+from audiossl.train.resume import check_resumable
 from audiossl.train.state import CHECKPOINT, Pretrainer, TrainState, resume, save_checkpoint
 from audiossl.train.stream import BatchStream, load_windows
+from audiossl.utils.atomic import remove_stale_temps
+from audiossl.utils.lock import FolderLock
+from audiossl.utils.stopping import StopRequests
 
 
 def build_pretrainer(cfg: Config) -> Pretrainer:

@@ -6,7 +6,7 @@ process has read), every rank's RNG states and the config: the only source
 of the architecture for resume, extract and probe. :func:`save_checkpoint`
 writes it, :func:`resume` reads it back into a fresh state, and
 :func:`initial_checkpoint` writes a step-0 one that resumes the same way.
-What a resume may change and what it refuses is :mod:`audiossl.resume`.
+What a resume may change and what it refuses is :mod:`audiossl.train.resume`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from torch import nn
 
 from audiossl.checkpoint import atomic_save, load_state, rng_state, set_rng_state, versions
 from audiossl.config import Config
-from audiossl.resume import apply_optimizer_settings, resume_position
 from audiossl.runtime import Distributed
+from audiossl.train.resume import apply_optimizer_settings, resume_position
 
 CHECKPOINT = "checkpoint.pt"
 

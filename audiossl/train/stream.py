@@ -23,7 +23,7 @@ from audiossl.config import Config
 from audiossl.data.corpus import CorpusError, Problem, drop_unreadable, load_corpus
 from audiossl.data.windows import WindowDataset, collate_windows, epoch_batches
 from audiossl.runtime import Distributed, TrainingError
-from audiossl.stopping import ignore_in_worker
+from audiossl.utils.stopping import ignore_in_worker
 
 MAX_UNREADABLE_BATCHES = 20  # batches in a row with no readable window before the run stops
 

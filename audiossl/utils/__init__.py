@@ -1,1 +1,1 @@
-"""Small helpers with no audio in them: atomic writes, folder locks, the memory allocator."""
+"""Plumbing with no audio in it: atomic writes, folder locks, signals and time budgets of long jobs, the allocator."""
