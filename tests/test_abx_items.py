@@ -16,8 +16,8 @@ import torch
 
 from audiossl.cli import main
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
-from audiossl.probes.abx_groups import ItemABXSettings, item_file_score, unit_frames
-from audiossl.probes.abx_items import (
+from audiossl.probes.abx.item_files import ItemABXSettings, item_file_score, unit_frames
+from audiossl.probes.abx.items import (
     ITEM_HEADER,
     ItemFileError,
     find_items,

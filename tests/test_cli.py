@@ -203,10 +203,10 @@ def test_every_user_error_is_one_userror_type():
     from audiossl.config import ConfigError
     from audiossl.convert.cpc_audio_args import ConvertError
     from audiossl.data.corpus import CorpusError
-    from audiossl.discrete import UnitsError
+    from audiossl.units.fit import UnitsError
     from audiossl.errors import UserError
     from audiossl.features import FeatureError
-    from audiossl.probes.abx_items import ItemFileError
+    from audiossl.probes.abx.items import ItemFileError
     from audiossl.probes.tasks import ProbeError
     from audiossl.runtime import DeviceError
     from audiossl.train.resume import ResumeError

@@ -159,9 +159,9 @@ def test_check_window_counts_negative_candidates(policy, negatives, ok):
 
 
 def test_probe_settings_read_like_training_config(tmp_path):
-    from audiossl.probes.abx_groups import ItemABXSettings
+    from audiossl.probes.abx.item_files import ItemABXSettings
     from audiossl.probes.classify import DEFAULT_SETTINGS
-    from audiossl.probes.ctc import DEFAULT_LR, CTCSettings
+    from audiossl.probes.ctc.probe import DEFAULT_LR, CTCSettings
     from audiossl.probes.linear import ProbeSettings
 
     path = tmp_path / "probe.yaml"
@@ -210,7 +210,7 @@ def test_non_finite_numbers_in_a_file_and_in_probe_settings_are_refused(tmp_path
 @pytest.mark.parametrize("seed, ok", [(-1, False), (0, True), (2**32 - 1, True), (2**32, False)])
 def test_seeds_outside_what_numpy_takes_are_refused(seed, ok):
     """numpy refuses a negative seed mid-run, after config.yaml and the logs were written: refused up front."""
-    from audiossl.probes.abx import ABXSettings
+    from audiossl.probes.abx.labels import ABXSettings
     from audiossl.probes.linear import ProbeSettings
 
     for build in (lambda: build_config(overrides={"seed": seed}),

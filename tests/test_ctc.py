@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from audiossl.cli import main
-from audiossl.probes.ctc import CTCSettings
-from audiossl.probes.ctc_head import (
+from audiossl.probes.ctc.probe import CTCSettings
+from audiossl.probes.ctc.head import (
     CTCHead,
     edit_distance,
     error_rate,
@@ -23,7 +23,7 @@ from audiossl.probes.ctc_head import (
     transcribe,
 )
 from audiossl.probes.tasks import ProbeError
-from audiossl.probes.units import load_transcripts, normalize_text, phone_sequence, silence_class, train_units
+from audiossl.probes.ctc.targets import load_transcripts, normalize_text, phone_sequence, silence_class, train_units
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

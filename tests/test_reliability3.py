@@ -23,9 +23,9 @@ import soundfile
 from audiossl.audio import AudioError, read_audio
 from audiossl.cli import main
 from audiossl.data.corpus import CorpusError, load_corpus, read_manifest
-from audiossl.discrete import FitSettings, fit_units
+from audiossl.units.fit import FitSettings, fit_units
 from audiossl.extract import FeatureSet
-from audiossl.kmeans import KMeansSettings
+from audiossl.units.kmeans import KMeansSettings
 from audiossl.utils.atomic import DiskFullError, atomic_write, remove_stale_temps
 
 from conftest import package_env, synth_utterance

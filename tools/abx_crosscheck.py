@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from audiossl.features import FeatureSet
-from audiossl.probes.abx_groups import ItemABXSettings, item_file_score
-from audiossl.probes.abx_items import read_item_file
+from audiossl.probes.abx.item_files import ItemABXSettings, item_file_score
+from audiossl.probes.abx.items import read_item_file
 
 
 def npy_files(folder: Path) -> dict[str, Path]:

@@ -13,14 +13,14 @@ from audiossl.probes import ProbeError
 
 
 def add_parser(tasks: argparse._SubParsersAction) -> None:
-    from audiossl.probes.abx import ABXSettings
-    from audiossl.probes.abx_groups import ItemABXSettings
+    from audiossl.probes.abx.labels import ABXSettings
+    from audiossl.probes.abx.item_files import ItemABXSettings
 
     t = tasks.add_parser("abx", parents=[probe_options(source_required=False)],
                          help="ABX phone discriminability within and across speakers, on items cut from frame "
                          "alignments or on a Libri-light/ZeroSpeech item file",
-                         epilog=f"settings with --alignments (audiossl.probes.abx.ABXSettings): "
-                         f"{settings_help(ABXSettings)}; with --item-file (audiossl.probes.abx_groups."
+                         epilog=f"settings with --alignments (audiossl.probes.abx.labels.ABXSettings): "
+                         f"{settings_help(ABXSettings)}; with --item-file (audiossl.probes.abx.item_files."
                          f"ItemABXSettings, zrc-abx2's defaults): {settings_help(ItemABXSettings)}")
     t.add_argument("--alignments", help="converted_aligned_phones.txt (items are cut from it)")
     t.add_argument("--item-file", help="a Libri-light/ZeroSpeech .item file: score its items as zrc-abx2 does "
@@ -36,7 +36,7 @@ def add_parser(tasks: argparse._SubParsersAction) -> None:
 def cmd_probe_abx(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from audiossl.probes.abx import ABXSettings, abx_probe, format_abx_report
+    from audiossl.probes.abx.labels import ABXSettings, abx_probe, format_abx_report
     from audiossl.probes.runner import probe_features
 
     if args.write_items:
@@ -63,8 +63,8 @@ def cmd_probe_abx(args: argparse.Namespace) -> int:
 
 def cmd_write_items(args: argparse.Namespace) -> int:
     from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
-    from audiossl.probes.abx_items import items_from_alignments, speaker_from_id, write_item_file
-    from audiossl.probes.units import silence_class
+    from audiossl.probes.abx.items import items_from_alignments, speaker_from_id, write_item_file
+    from audiossl.probes.ctc.targets import silence_class
 
     if not args.alignments or not args.phones:
         raise ConfigError("--write-items needs --alignments and --phones (the items' phone names)")
@@ -94,8 +94,8 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
     import dataclasses
     import tempfile
 
-    from audiossl.probes.abx_groups import ItemABXSettings, format_item_report, item_file_probe
-    from audiossl.probes.abx_items import ItemFileError, read_item_file
+    from audiossl.probes.abx.item_files import ItemABXSettings, format_item_report, item_file_probe
+    from audiossl.probes.abx.items import ItemFileError, read_item_file
     from audiossl.probes.runner import probe_features
 
     if args.alignments or args.split:

@@ -12,11 +12,11 @@ from audiossl.config import settings_help
 
 
 def add_parser(tasks: argparse._SubParsersAction) -> None:
-    from audiossl.probes.ctc import DEFAULT_LR, CTCSettings
+    from audiossl.probes.ctc.probe import DEFAULT_LR, CTCSettings
 
     shared = probe_options(source_required=True)
     ctc = trained_probe_options("CTC head")
-    epilog = (f"settings (audiossl.probes.ctc.CTCSettings): {settings_help(CTCSettings)}; lr None: "
+    epilog = (f"settings (audiossl.probes.ctc.probe.CTCSettings): {settings_help(CTCSettings)}; lr None: "
               + ", ".join(f"{head} {lr:g}" for head, lr in DEFAULT_LR.items()))
     t = tasks.add_parser("ctc-phone", parents=[shared, ctc], help="CTC phone recognition; phone error rate",
                          epilog=epilog)
@@ -39,7 +39,7 @@ def cmd_probe_ctc(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from audiossl.probes.ctc import CTCSettings, ctc_phone_probe, ctc_subword_probe, format_ctc_report
+    from audiossl.probes.ctc.probe import CTCSettings, ctc_phone_probe, ctc_subword_probe, format_ctc_report
     from audiossl.probes.runner import probe_features
 
     settings = settings_from(args, CTCSettings, what="CTC setting")

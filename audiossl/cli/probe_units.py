@@ -11,11 +11,11 @@ from audiossl.config import settings_help
 
 
 def add_parser(tasks: argparse._SubParsersAction) -> None:
-    from audiossl.probes.abx import ABXSettings
+    from audiossl.probes.abx.labels import ABXSettings
 
     t = tasks.add_parser("units", help="discrete units against phone labels: purity, PNMI and ABX of one-hot units, "
                          "beside k-means on the floors",
-                         epilog=f"settings (audiossl.probes.abx.ABXSettings): {settings_help(ABXSettings)}")
+                         epilog=f"settings (audiossl.probes.abx.labels.ABXSettings): {settings_help(ABXSettings)}")
     t.add_argument("--units", required=True, help="an audiossl units fit folder")
     t.add_argument("--features", required=True, help="the audiossl extract folder holding the units' layer")
     t.add_argument("--alignments", required=True, help="converted_aligned_phones.txt")
@@ -35,8 +35,8 @@ def add_parser(tasks: argparse._SubParsersAction) -> None:
 def cmd_probe_units(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from audiossl.probes.abx import ABXSettings
-    from audiossl.probes.discrete import format_units_report, units_probe
+    from audiossl.probes.abx.labels import ABXSettings
+    from audiossl.probes.unit_quality import format_units_report, units_probe
 
     abx = settings_from(args, ABXSettings, what="ABX setting")
     baselines = args.baselines if args.baselines is not None else ["mfcc", "logmel"]

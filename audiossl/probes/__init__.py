@@ -10,12 +10,12 @@ The floors themselves (MFCC, log-mel) are models: :mod:`audiossl.models.baseline
   beside them, the splits, one result row per feature set, the report format and its output
   folder (``metrics.json``, ``report.txt``, TensorBoard curves).
 - :mod:`~audiossl.probes.classify`: the linear phone and speaker probes over layers and floors.
-- :mod:`~audiossl.probes.abx`, :mod:`~audiossl.probes.abx_groups`: ABX on phone labels and on
-  item files, both with :mod:`~audiossl.probes.dtw`'s batched DTW distances;
-  :mod:`~audiossl.probes.ctc`: CTC phone and subword recognition, with
-  :mod:`~audiossl.probes.ctc_head`'s head, its training, decoding and error rates.
-- :mod:`~audiossl.probes.discrete`: phone purity, cluster purity, PNMI and one-hot ABX of
-  k-means units (:mod:`audiossl.discrete`), beside k-means on the floors.
+- :mod:`~audiossl.probes.abx.labels`, :mod:`~audiossl.probes.abx.item_files`: ABX on phone labels and on
+  item files, both with :mod:`~audiossl.probes.abx.dtw`'s batched DTW distances;
+  :mod:`~audiossl.probes.ctc.probe`: CTC phone and subword recognition, with
+  :mod:`~audiossl.probes.ctc.head`'s head, its training, decoding and error rates.
+- :mod:`~audiossl.probes.unit_quality`: phone purity, cluster purity, PNMI and one-hot ABX of
+  k-means units (:mod:`audiossl.units.fit`), beside k-means on the floors.
 """
 
 from audiossl.probes.classify import format_report, phone_probe, speaker_probe

@@ -1,7 +1,7 @@
 """What the trained probes share in their training loops: the learning-rate schedule and early stopping.
 
 The linear probes (:mod:`audiossl.probes.linear`) and the CTC heads
-(:mod:`audiossl.probes.ctc_head`) both decay AdamW's learning rate to 0 along
+(:mod:`audiossl.probes.ctc.head`) both decay AdamW's learning rate to 0 along
 a half cosine over every step of ``epochs`` epochs, and both choose their
 epoch on held-out utterances: the weights of the best held-out epoch are kept,
 and training stops once ``patience`` epochs in a row brought no better one.

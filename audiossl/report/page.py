@@ -285,7 +285,7 @@ def _units(inp: PageInputs, path: Path) -> list[str]:
 
 
 def _units_utterance(inp: PageInputs, path: Path) -> list[str]:
-    from audiossl.discrete import UnitModel, UnitsError, check_features
+    from audiossl.units.fit import UnitModel, UnitsError, check_features
     from audiossl.extract import FeatureError, FeatureSet
 
     def check_source(model: UnitModel, features: FeatureSet) -> bool:

@@ -3,7 +3,7 @@
 What the ZeroSpeech 2021 baseline (CPC + k-means with 50 clusters), HuBERT's
 targets and textless speech LMs are built on: each 10 ms feature frame
 replaced by the index of its nearest k-means centroid. (Not to be confused
-with :mod:`audiossl.probes.units`, the output units of the CTC probes.)
+with :mod:`audiossl.probes.ctc.targets`, the output units of the CTC probes.)
 
 ``audiossl units fit`` (:func:`fit_units`) draws a seeded sample of at most
 ``max_frames`` frames from an ``audiossl extract`` layer folder, normalizes
@@ -11,7 +11,7 @@ them (``standardize``: ``utterance``, the default, every dimension scaled
 with each utterance's own mean and standard deviation, as cepstral mean and
 variance normalization does; ``global``, with the sample's mean and standard
 deviation; ``none``) and runs
-:func:`audiossl.kmeans.minibatch_kmeans` on it. The model folder::
+:func:`audiossl.units.kmeans.minibatch_kmeans` on it. The model folder::
 
     UNITS/kmeans.npz     centroids (k, dim) float32, in the normalized space, and with ``global``
                          the sample's mean (dim,) and std (dim,) float64
@@ -24,7 +24,7 @@ A folder with the same settings is kept (the command says so); one made with
 other settings is refused, never overwritten. Nothing in it is pickled.
 
 The unit sequences of every utterance (``audiossl units assign``) are
-:mod:`audiossl.quantized`'s.
+:mod:`audiossl.units.assign`'s.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from tqdm import tqdm
 from audiossl.data.alignments import load_split
 from audiossl.errors import UserError
 from audiossl.features import FeatureSet, source_label
-from audiossl.kmeans import KMeansSettings, assign, minibatch_kmeans
+from audiossl.units.kmeans import KMeansSettings, assign, minibatch_kmeans
 from audiossl.utils.atomic import atomic_write
 from audiossl.version import __version__
 

@@ -4,7 +4,7 @@ A small head reads frozen features and is trained with CTC (Graves et al.
 2006; ``torch.nn.CTCLoss``, blank 0) to emit each utterance's unit sequence:
 
 - ``ctc-phone``: the phone sequence of the frame alignments (runs merged,
-  silence dropped; see :mod:`~audiossl.probes.units`), scored by the phone
+  silence dropped; see :mod:`~audiossl.probes.ctc.targets`), scored by the phone
   error rate (PER).
 - ``ctc-subword``: sentencepiece pieces of the transcript, scored by the
   character and word error rates (CER over the characters of the text,
@@ -30,7 +30,7 @@ blank between them) in at least ``U + R`` frames: utterances with fewer
 feature frames are left out of training and test and counted.
 
 The head, its training, decoding and error rates are
-:mod:`audiossl.probes.ctc_head`'s; this module holds the settings, the two
+:mod:`audiossl.probes.ctc.head`'s; this module holds the settings, the two
 probes over layers and floors, and their report.
 """
 
@@ -45,7 +45,7 @@ import torch
 
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.ctc_head import DEFAULT_LR, CTCSettings, error_rate, min_ctc_frames, train_ctc_head, transcribe
+from audiossl.probes.ctc.head import DEFAULT_LR, CTCSettings, error_rate, min_ctc_frames, train_ctc_head, transcribe
 from audiossl.probes.runner import (
     Score,
     corpus_audio,
@@ -59,7 +59,7 @@ from audiossl.probes.runner import (
     with_floors,
 )
 from audiossl.probes.tasks import ProbeError, heldout_split
-from audiossl.probes.units import (
+from audiossl.probes.ctc.targets import (
     load_transcripts,
     normalize_text,
     phone_sequence,

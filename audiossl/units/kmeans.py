@@ -1,6 +1,6 @@
 """Mini-batch k-means with k-means++ initialization, in torch, on any device.
 
-The discrete units of :mod:`audiossl.discrete` come from this. It follows
+The discrete units of :mod:`audiossl.units.fit` come from this. It follows
 scikit-learn's ``MiniBatchKMeans``, the implementation HuBERT's unit recipe
 (fairseq ``examples/hubert/simple_kmeans/learn_kmeans.py``) and the GSLM
 speech-to-unit recipe call:

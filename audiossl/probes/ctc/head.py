@@ -1,4 +1,4 @@
-"""The head of the CTC recognition probes (:mod:`audiossl.probes.ctc`): the head, its training, decoding and
+"""The head of the CTC recognition probes (:mod:`audiossl.probes.ctc.probe`): the head, its training, decoding and
 error rates.
 
 :class:`CTCHead` maps frozen (frames, dim) features to per-frame logits over

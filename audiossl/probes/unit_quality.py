@@ -18,7 +18,7 @@ figure that does not favour either extreme, and it is what HuBERT's paper
 compares teachers by. ``0 log 0`` counts as 0 here (fairseq adds 1e-8
 inside its logarithms), so independent units give exactly 0.
 
-The ABX error is :mod:`audiossl.probes.abx`'s on the one-hot vectors of the
+The ABX error is :mod:`audiossl.probes.abx.labels`'s on the one-hot vectors of the
 units, as the ZeroSpeech 2021 baseline scores its k-means units (angular
 distance between one-hot frames is 0 or 0.5).
 
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 
 from audiossl.data.alignments import load_split
-from audiossl.discrete import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
+from audiossl.units.fit import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
 from audiossl.extract import FeatureSet
-from audiossl.kmeans import KMeansSettings
+from audiossl.units.kmeans import KMeansSettings
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.abx import CONDITIONS, ABXSettings, abx_score
+from audiossl.probes.abx.labels import CONDITIONS, ABXSettings, abx_score
 from audiossl.probes.runner import (
     Score,
     checked,
@@ -59,7 +59,7 @@ from audiossl.probes.runner import (
     with_floors,
 )
 from audiossl.probes.tasks import check_label_rate
-from audiossl.probes.units import silence_class
+from audiossl.probes.ctc.targets import silence_class
 
 __all__ = ["contingency", "format_units_report", "pnmi", "unit_quality", "units_probe"]
 

@@ -7,7 +7,7 @@ phones without training anything. ZeroSpeech 2017 (Dunbar et al. 2017) and
 Libri-light (Kahn et al. 2020; CPC_audio's ``cpc/eval/eval_ABX.py``) report it
 within speakers and across speakers; this module follows them.
 
-- Items (:func:`audiossl.probes.abx_items.find_items`): every run of
+- Items (:func:`audiossl.probes.abx.items.find_items`): every run of
   identical frame labels (one phone occurrence) that is not silence and has
   a neighbouring run on each side; its left and right phones (silence
   included) are its context. Its features are the frames of
@@ -29,7 +29,7 @@ within speakers and across speakers; this module follows them.
   instead the group sizes (``--max_size_group``, ``--max_x_across``).
 - Distance: frame distances, ``angular`` = arccos(cos)/pi (the default) or
   ``cosine`` = 1 - cos, aligned by DTW and averaged along the best path
-  (:mod:`audiossl.probes.dtw`).
+  (:mod:`audiossl.probes.abx.dtw`).
 - Score: a triple errs when d(A, X) > d(B, X) and counts half when they are
   equal. Errors are averaged within each cell (A's phone, B's phone, context,
   speaker(s): X's speaker within, (A/B speaker, X speaker) across), then over
@@ -49,8 +49,8 @@ import torch
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.abx_items import Items, find_items
-from audiossl.probes.dtw import DISTANCES, pair_distances
+from audiossl.probes.abx.items import Items, find_items
+from audiossl.probes.abx.dtw import DISTANCES, pair_distances
 from audiossl.probes.runner import (
     Score,
     checked,
@@ -65,7 +65,7 @@ from audiossl.probes.runner import (
     with_floors,
 )
 from audiossl.probes.tasks import check_label_rate
-from audiossl.probes.units import silence_class
+from audiossl.probes.ctc.targets import silence_class
 from audiossl.settings import check_seed
 
 __all__ = [

@@ -1,8 +1,8 @@
 """ABX on item files with zrc-abx2's sampling and averaging (ZeroSpeech 2021, Libri-light).
 
-Scores features on the items of an item file (:mod:`audiossl.probes.abx_items`)
-with the machinery of :mod:`audiossl.probes.abx` (items, cell averaging) and
-:mod:`audiossl.probes.dtw` (batched DTW), reproducing the reference
+Scores features on the items of an item file (:mod:`audiossl.probes.abx.items`)
+with the machinery of :mod:`audiossl.probes.abx.labels` (items, cell averaging) and
+:mod:`audiossl.probes.abx.dtw` (batched DTW), reproducing the reference
 implementation, ``zrc-abx2`` of the ``zerospeech-libriabx2`` package (a
 rework of Libri-light's ``eval/eval_ABX.py``), so error rates can stand
 beside published ones:
@@ -51,9 +51,9 @@ import torch
 
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.abx import average_cells
-from audiossl.probes.abx_items import ItemFile, ItemFileError, Items, frame_spans, number, read_item_file
-from audiossl.probes.dtw import pair_distances
+from audiossl.probes.abx.labels import average_cells
+from audiossl.probes.abx.items import ItemFile, ItemFileError, Items, frame_spans, number, read_item_file
+from audiossl.probes.abx.dtw import pair_distances
 from audiossl.probes.runner import Score, feature_sets_with_floors, listing, row_name, score_sets, scores
 from audiossl.probes.tasks import ProbeError
 from audiossl.settings import check_seed
@@ -264,7 +264,7 @@ def item_file_score(item_file: ItemFile, load, num_frames: Mapping[str, int], fr
     """ABX error rates of one feature set on an item file, per condition.
 
     Args:
-        item_file: from :func:`~audiossl.probes.abx_items.read_item_file`.
+        item_file: from :func:`~audiossl.probes.abx.items.read_item_file`.
         load: utterance id -> (frames, dim) array.
         num_frames: frames of each utterance with features; files of the item
             file without features are left out (and counted).

@@ -7,7 +7,7 @@ unit-norm frames; the frames are aligned by DTW (steps right, down,
 diagonal) and the distance is the mean along the best path (the accumulated
 cost divided by the path's length, as ABXpy's normalized DTW). The DTW runs
 batched over many pairs at once, one anti-diagonal at a time. Both
-:mod:`audiossl.probes.abx` and :mod:`audiossl.probes.abx_groups` score with it.
+:mod:`audiossl.probes.abx.labels` and :mod:`audiossl.probes.abx.item_files` score with it.
 """
 
 from __future__ import annotations

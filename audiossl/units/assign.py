@@ -1,7 +1,7 @@
 """Unit sequences: a units model assigned to every utterance, in ZeroSpeech 2021's formats.
 
 ``audiossl units assign`` (:func:`assign_units`) writes, for a units model of
-:mod:`audiossl.discrete`, per utterance of a features folder made by the same
+:mod:`audiossl.units.fit`, per utterance of a features folder made by the same
 checkpoint::
 
     OUT/quantized_outputs.txt            ZeroSpeech 2021's format: <utt_id> TAB 3,3,17,... one line per
@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from audiossl.data.corpus import write_manifest
-from audiossl.discrete import MODEL_VERSION, UnitModel, UnitsError, check_features, split_ids
+from audiossl.units.fit import MODEL_VERSION, UnitModel, UnitsError, check_features, split_ids
 from audiossl.features import (
     INDEX,
     INDEX_COLUMNS,

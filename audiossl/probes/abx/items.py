@@ -2,7 +2,7 @@
 zrc-abx2 description of them.
 
 :func:`find_items` takes the items of the alignment-based ABX
-(:mod:`audiossl.probes.abx`) from frame labels: every non-silence phone run
+(:mod:`audiossl.probes.abx.labels`) from frame labels: every non-silence phone run
 with a run on each side, those runs' phones its context.
 
 Libri-light (Kahn et al. 2020, ``eval/eval_ABX.py``), the ZeroSpeech 2021
@@ -19,7 +19,7 @@ This module reads and writes such files and cuts an item's frames as the
 reference does: frames ``ceil(r * onset - 0.5)`` up to, not including,
 ``floor(r * offset - 0.5)``, with ``r`` the frame rate (the reference's
 ``1 / --feature_size``; 100.0 for 10 ms frames, and ``r * t`` here is the same
-floating-point product as there). :mod:`audiossl.probes.abx_groups` scores
+floating-point product as there). :mod:`audiossl.probes.abx.item_files` scores
 features on them.
 
 Files written from CPC frame alignments (``audiossl probe abx --write-items``)
