@@ -105,7 +105,7 @@ def load_data(path: str | Path, map_location: str | torch.device = "cpu") -> Any
     """``torch.load(path, weights_only=True)``: any torch file read as data, each failure one line naming it.
 
     Also reads the peers' files (CPC_audio's checkpoints hold plain dicts of
-    tensors, numbers and strings, see :mod:`audiossl.convert`).
+    tensors, numbers and strings, see :mod:`audiossl.interop.cpc_audio`).
     """
     path = Path(path)
     if not path.is_file():

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from audiossl.cli import main
-from audiossl.probes.abx.labels import CONDITIONS, ABXSettings, abx_score, sample_triples
-from audiossl.probes.abx.items import find_items
 from audiossl.probes.abx.dtw import dtw_mean_cost, pair_distances
+from audiossl.probes.abx.items import find_items
+from audiossl.probes.abx.labels import CONDITIONS, ABXSettings, abx_score, sample_triples
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

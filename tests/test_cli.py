@@ -201,15 +201,15 @@ def test_every_user_error_is_one_userror_type():
     from audiossl.checkpoint import CheckpointError
     from audiossl.cli.app import USER_ERRORS
     from audiossl.config import ConfigError
-    from audiossl.convert.cpc_audio_args import ConvertError
     from audiossl.data.corpus import CorpusError
-    from audiossl.units.fit import UnitsError
     from audiossl.errors import UserError
     from audiossl.features import FeatureError
+    from audiossl.interop.cpc_audio_args import ConvertError
     from audiossl.probes.abx.items import ItemFileError
     from audiossl.probes.tasks import ProbeError
     from audiossl.runtime import DeviceError
     from audiossl.train.resume import ResumeError
+    from audiossl.units.fit import UnitsError
     from audiossl.utils.lock import FolderLocked
 
     assert USER_ERRORS == (UserError, FileNotFoundError)

@@ -29,7 +29,8 @@ from torch import nn
 from audiossl.checkpoint import atomic_save, load_checkpoint, load_model
 from audiossl.cli import main
 from audiossl.config import Config, build_config
-from audiossl.convert import ConvertError, from_cpc_audio
+from audiossl.interop.cpc_audio import from_cpc_audio
+from audiossl.interop.cpc_audio_args import ConvertError
 from audiossl.models.encoders import ChannelNorm, ConvBlock
 from audiossl.models.model import build_model
 from audiossl.objectives import build_objective

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from audiossl.cli import main
-from audiossl.probes.ctc.probe import CTCSettings
 from audiossl.probes.ctc.head import (
     CTCHead,
     edit_distance,
@@ -22,8 +21,9 @@ from audiossl.probes.ctc.head import (
     train_ctc_head,
     transcribe,
 )
-from audiossl.probes.tasks import ProbeError
+from audiossl.probes.ctc.probe import CTCSettings
 from audiossl.probes.ctc.targets import load_transcripts, normalize_text, phone_sequence, silence_class, train_units
+from audiossl.probes.tasks import ProbeError
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

@@ -23,8 +23,8 @@ import soundfile
 from audiossl.audio import AudioError, read_audio
 from audiossl.cli import main
 from audiossl.data.corpus import CorpusError, load_corpus, read_manifest
-from audiossl.units.fit import FitSettings, fit_units
 from audiossl.extract import FeatureSet
+from audiossl.units.fit import FitSettings, fit_units
 from audiossl.units.kmeans import KMeansSettings
 from audiossl.utils.atomic import DiskFullError, atomic_write, remove_stale_temps
 

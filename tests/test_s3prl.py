@@ -1,4 +1,4 @@
-"""The s3prl upstream: audiossl.s3prl.UpstreamExpert, hubconf.py, and the real s3prl package on both.
+"""The s3prl upstream: audiossl.interop.s3prl.UpstreamExpert, hubconf.py, and the real s3prl package on both.
 
 The tests marked ``needs_s3prl`` run against s3prl from PyPI (``pip install
 -e .[s3prl]``, which tools/setup.sh does) and are skipped only where it is
@@ -16,9 +16,9 @@ import torch
 from audiossl.checkpoint import atomic_save, load_model
 from audiossl.cli import main
 from audiossl.config import build_config
+from audiossl.interop.s3prl import UpstreamExpert
 from audiossl.models.model import SSLModel, build_model
 from audiossl.objectives import build_objective
-from audiossl.s3prl import UpstreamExpert
 from audiossl.train import initial_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +95,13 @@ def test_expert_refuses_what_is_not_a_list_of_waveforms(tmp_path):
     expert = UpstreamExpert(str(checkpoint(tmp_path, MODELS["cpc"][0])))
     with pytest.raises(ValueError, match="expected a list of 1-D waveforms"):
         expert([torch.zeros(2, 16000)])
+
+
+def test_the_registered_name_audiossl_s3prl_still_imports():
+    import audiossl.s3prl
+
+    assert audiossl.s3prl.UpstreamExpert is UpstreamExpert
+    assert audiossl.s3prl.audiossl_local.__module__ == "audiossl.interop.s3prl"
 
 
 def test_hubconf_entry_loads_the_expert(tmp_path):

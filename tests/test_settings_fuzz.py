@@ -22,8 +22,8 @@ from audiossl.cli.app import build_parser
 from audiossl.cli.options import count, non_negative_float, positive_float, positive_int, seed
 from audiossl.config import ConfigError, build_config, build_settings, fields_by_key
 from audiossl.objectives import OBJECTIVES
-from audiossl.probes.abx.labels import ABXSettings
 from audiossl.probes.abx.item_files import ItemABXSettings
+from audiossl.probes.abx.labels import ABXSettings
 from audiossl.probes.ctc.probe import CTCSettings
 from audiossl.probes.linear import ProbeSettings
 

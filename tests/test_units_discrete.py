@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from audiossl.cli import main
-from audiossl.units.fit import FitSettings, UnitsError, fit_units, sample_frames, utterance_normalized
 from audiossl.extract import FeatureSet, extract, select_utterances
-from audiossl.units.kmeans import KMeansSettings, assign, kmeans_plusplus, minibatch_kmeans, restart_dead_centres
 from audiossl.models.baselines import build_baseline
 from audiossl.probes.unit_quality import contingency, pnmi, unit_quality
 from audiossl.units.assign import assign_units, open_onehot, parse_line, read_quantized, write_quantized
+from audiossl.units.fit import FitSettings, UnitsError, fit_units, sample_frames, utterance_normalized
+from audiossl.units.kmeans import KMeansSettings, assign, kmeans_plusplus, minibatch_kmeans, restart_dead_centres
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 

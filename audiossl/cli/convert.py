@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     from audiossl.checkpoint import atomic_save
     from audiossl.config import Config
-    from audiossl.convert import from_cpc_audio, to_cpc_audio, to_cpc_audio_release
+    from audiossl.interop.cpc_audio import from_cpc_audio, to_cpc_audio, to_cpc_audio_release
 
     if args.from_format:
         ckpt, notes = from_cpc_audio(args.source)

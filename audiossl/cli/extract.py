@@ -72,7 +72,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"skipped {p.path}: {p.reason}")
     if zerospeech:  # before any work: a refused submission must leave nothing half-written
-        from audiossl.zerospeech import check_ids
+        from audiossl.interop.zerospeech import check_ids
 
         try:
             check_ids(u.id for u in utterances)
@@ -95,7 +95,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     print(f"extracted {done} of {len(utterances)} utterances"
           + (f"; {failed} failed to decode (named above) and were skipped" if failed else ""))
     if zerospeech:
-        from audiossl.zerospeech import write_submission
+        from audiossl.interop.zerospeech import write_submission
 
         try:
             written = write_submission(next(iter(sets.values())), args.out, subset, args.zerospeech_file)
@@ -112,7 +112,7 @@ def check_zerospeech(args: argparse.Namespace) -> str:
     file name is no LibriSpeech subset: refused), a plain folder name."""
     from pathlib import Path
 
-    from audiossl.zerospeech import check_subset
+    from audiossl.interop.zerospeech import check_subset
 
     if len(layers_from(args)) != 1:
         raise ConfigError(f"--format zerospeech writes one representation: give one --layer, not "

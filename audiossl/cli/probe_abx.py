@@ -13,8 +13,8 @@ from audiossl.probes import ProbeError
 
 
 def add_parser(tasks: argparse._SubParsersAction) -> None:
-    from audiossl.probes.abx.labels import ABXSettings
     from audiossl.probes.abx.item_files import ItemABXSettings
+    from audiossl.probes.abx.labels import ABXSettings
 
     t = tasks.add_parser("abx", parents=[probe_options(source_required=False)],
                          help="ABX phone discriminability within and across speakers, on items cut from frame "

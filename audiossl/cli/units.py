@@ -10,8 +10,8 @@ from audiossl.config import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from audiossl.units.fit import STANDARDIZE, FitSettings
     from audiossl.units.assign import ONEHOT_FORMATS
+    from audiossl.units.fit import STANDARDIZE, FitSettings
 
     fit_defaults = FitSettings()
     p = sub.add_parser("units", help="discrete units: k-means on extracted features (fit), unit sequences (assign)")
@@ -55,9 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_units(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from audiossl.units.assign import assign_units
     from audiossl.units.fit import FitSettings, UnitModel, fit_units
     from audiossl.units.kmeans import KMeansSettings
-    from audiossl.units.assign import assign_units
 
     device, progress = device_from(args.device), not args.no_progress
     if args.action == "assign":

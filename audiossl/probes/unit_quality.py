@@ -40,11 +40,10 @@ import numpy as np
 import torch
 
 from audiossl.data.alignments import load_split
-from audiossl.units.fit import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
 from audiossl.extract import FeatureSet
-from audiossl.units.kmeans import KMeansSettings
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.abx.labels import CONDITIONS, ABXSettings, abx_score
+from audiossl.probes.ctc.targets import silence_class
 from audiossl.probes.runner import (
     Score,
     checked,
@@ -59,7 +58,8 @@ from audiossl.probes.runner import (
     with_floors,
 )
 from audiossl.probes.tasks import check_label_rate
-from audiossl.probes.ctc.targets import silence_class
+from audiossl.units.fit import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
+from audiossl.units.kmeans import KMeansSettings
 
 __all__ = ["contingency", "format_units_report", "pnmi", "unit_quality", "units_probe"]
 

@@ -285,8 +285,8 @@ def _units(inp: PageInputs, path: Path) -> list[str]:
 
 
 def _units_utterance(inp: PageInputs, path: Path) -> list[str]:
-    from audiossl.units.fit import UnitModel, UnitsError, check_features
     from audiossl.extract import FeatureError, FeatureSet
+    from audiossl.units.fit import UnitModel, UnitsError, check_features
 
     def check_source(model: UnitModel, features: FeatureSet) -> bool:
         try:

@@ -34,7 +34,6 @@ import torch
 from tqdm import tqdm
 
 from audiossl.data.corpus import write_manifest
-from audiossl.units.fit import MODEL_VERSION, UnitModel, UnitsError, check_features, split_ids
 from audiossl.features import (
     INDEX,
     INDEX_COLUMNS,
@@ -49,6 +48,7 @@ from audiossl.features import (
     read_sources,
     stored_frames,
 )
+from audiossl.units.fit import MODEL_VERSION, UnitModel, UnitsError, check_features, split_ids
 from audiossl.utils.atomic import atomic_write, remove_stale_temps
 from audiossl.utils.lock import FolderLock
 

@@ -51,9 +51,9 @@ import torch
 
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.abx.labels import average_cells
-from audiossl.probes.abx.items import ItemFile, ItemFileError, Items, frame_spans, number, read_item_file
 from audiossl.probes.abx.dtw import pair_distances
+from audiossl.probes.abx.items import ItemFile, ItemFileError, Items, frame_spans, number, read_item_file
+from audiossl.probes.abx.labels import average_cells
 from audiossl.probes.runner import Score, feature_sets_with_floors, listing, row_name, score_sets, scores
 from audiossl.probes.tasks import ProbeError
 from audiossl.settings import check_seed

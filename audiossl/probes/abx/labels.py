@@ -49,8 +49,9 @@ import torch
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
-from audiossl.probes.abx.items import Items, find_items
 from audiossl.probes.abx.dtw import DISTANCES, pair_distances
+from audiossl.probes.abx.items import Items, find_items
+from audiossl.probes.ctc.targets import silence_class
 from audiossl.probes.runner import (
     Score,
     checked,
@@ -65,7 +66,6 @@ from audiossl.probes.runner import (
     with_floors,
 )
 from audiossl.probes.tasks import check_label_rate
-from audiossl.probes.ctc.targets import silence_class
 from audiossl.settings import check_seed
 
 __all__ = [

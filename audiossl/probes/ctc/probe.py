@@ -46,6 +46,14 @@ import torch
 from audiossl.features import FeatureSet
 from audiossl.models.baselines import BASELINES
 from audiossl.probes.ctc.head import DEFAULT_LR, CTCSettings, error_rate, min_ctc_frames, train_ctc_head, transcribe
+from audiossl.probes.ctc.targets import (
+    load_transcripts,
+    normalize_text,
+    phone_sequence,
+    silence_class,
+    train_units,
+    transcripts_for,
+)
 from audiossl.probes.runner import (
     Score,
     corpus_audio,
@@ -59,14 +67,6 @@ from audiossl.probes.runner import (
     with_floors,
 )
 from audiossl.probes.tasks import ProbeError, heldout_split
-from audiossl.probes.ctc.targets import (
-    load_transcripts,
-    normalize_text,
-    phone_sequence,
-    silence_class,
-    train_units,
-    transcripts_for,
-)
 
 __all__ = [
     "CTCSettings",

@@ -8,7 +8,7 @@ training folder written by ``cpc/train.py``:
   None}``; its loaders (``feature_loader.getCheckpointData``) take the highest
   epoch;
 - ``checkpoint_args.json``: the run's argparse namespace, read over the
-  defaults (:mod:`audiossl.convert.cpc_audio_args` maps it);
+  defaults (:mod:`audiossl.interop.cpc_audio_args` maps it);
 - ``checkpoint_logs.json``: per-epoch losses and accuracies.
 
 Its published models (the Libri-light 60k checkpoint) are release files,
@@ -41,7 +41,7 @@ CPC_audio's multi-layer ``nn.LSTM``/``nn.GRU`` is a stack of single-layer
 ones without dropout, which is how audiossl holds it. What is not carried:
 the optimizer's moments (the converted run starts a fresh optimizer; the
 exported folder holds a fresh Adam state), the training logs, ``best``, and
-the settings :mod:`~audiossl.convert.cpc_audio_args` notes.
+the settings :mod:`~audiossl.interop.cpc_audio_args` notes.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ import torch
 
 from audiossl.checkpoint import atomic_save, load_checkpoint, load_data, load_state
 from audiossl.config import Config
-from audiossl.convert.cpc_audio_args import (
+from audiossl.interop.cpc_audio_args import (
     DOWNSAMPLING,
     ConvertError,
     args_from_config,
