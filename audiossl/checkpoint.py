@@ -16,6 +16,7 @@ from __future__ import annotations
 import pickle
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +102,23 @@ def load_state(target: Any, state: dict, path: str | Path, what: str) -> None:
         raise CheckpointError(f"{path}: cannot load the {what} state ({_first_sentence(e)})") from None
 
 
-def load_data(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_data(path: str | Path, map_location: str | torch.device = "cpu", allowed: Sequence = ()) -> Any:
     """``torch.load(path, weights_only=True)``: any torch file read as data, each failure one line naming it.
 
     Also reads the peers' files (CPC_audio's checkpoints hold plain dicts of
-    tensors, numbers and strings, see :mod:`audiossl.interop.cpc_audio`).
+    tensors, numbers and strings, see :mod:`audiossl.interop.cpc_audio`; fairseq's,
+    see :mod:`audiossl.interop.fairseq`).
+
+    Args:
+        allowed: plain-data globals admitted besides torch's own (as
+            ``torch.serialization.safe_globals`` takes them).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
             raise CheckpointError(f"{path}: cannot read checkpoint ({_first_sentence(e)})") from None
@@ -143,7 +150,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SSLModel
     The architecture comes from the checkpoint's own config; the returned
     model carries it as ``model.config``.
     """
-    ckpt = load_checkpoint(path, map_location="cpu")
+    return model_from_checkpoint(load_checkpoint(path, map_location="cpu"), path, device)
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path, device: str | torch.device = "cpu") -> SSLModel:
+    """The model of a checkpoint already read (:func:`load_checkpoint`), as :func:`load_model` gives it."""
     try:
         cfg = Config.from_dict(ckpt["config"])
     except ValueError as e:

@@ -20,16 +20,15 @@ extraction into the folder waits for it), so it can remove the temporary files
 a killed run left, and it never writes through a
 folder symlink that leads out of ``OUT``.
 
-Utterances are batched by length, at most ``batch_size`` of them and at most
-``batch_seconds`` of padded audio per forward pass, so a long file goes alone
-instead of padding its neighbours to its length; a padded batch gives the
-features of per-utterance runs. Long files can be cut into chunks of
-``chunk_seconds``: each chunk is encoded with a margin of the receptive field
-on both sides and the recurrent state is carried from chunk to chunk, so the
-result equals one pass over the file while the model's memory stays bounded
-(the audio and the features of the file itself remain). Transformer contexts and
-per-utterance CMVN need whole utterances and refuse chunking. The progress bar
-shows the real-time factor: seconds of audio processed per wall-clock second.
+Utterances are batched by length, at most ``batch_size`` of them and at most ``batch_seconds`` of padded audio
+per forward pass, so a long file goes alone instead of padding its neighbours to its length; a padded batch gives
+the features of per-utterance runs. Long files can be cut into chunks of ``chunk_seconds``: each chunk is encoded
+with a margin of the receptive field on both sides and the recurrent state is carried from chunk to chunk, so the
+result equals one pass over the file while the model's memory stays bounded (the audio and the features of the
+file itself remain). Transformer contexts and per-utterance CMVN need whole utterances and refuse chunking. A
+Hugging Face or fairseq model (:mod:`audiossl.interop`) batches and chunks itself: its bidirectional Transformer
+chunks with a margin of context, not equal to one pass, and ``meta.json`` records its ``chunk_seconds``. The
+progress bar shows the real-time factor: seconds of audio processed per wall-clock second.
 
 Reference: CPC_audio's ``cpc/eval/build_zeroSpeech_features.py``; its
 ``--get_encoded`` is ``layers=("encoder",)`` here, ``--max_size_seq`` is
@@ -40,7 +39,6 @@ output) is left to the probes, which standardize with training-set statistics.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -117,12 +115,12 @@ def select_utterances(data: str | Path, id_files: Sequence[str | Path] = (), spe
 
 def open_source(checkpoint: str | Path | None = None, baseline: str | None = None,
                 layers: Sequence[str] = ("context",), device: str | torch.device = "cpu",
-                sample_rate: int = 16000) -> tuple[SSLModel, dict[str, str], dict]:
+                sample_rate: int = 16000) -> tuple[torch.nn.Module, dict[str, str], dict]:
     """The model to extract from, its ``{folder name: model layer}`` and the source recorded in ``meta.json``.
 
     Args:
-        checkpoint: a trained model's ``checkpoint.pt`` (exactly one of
-            ``checkpoint`` and ``baseline``).
+        checkpoint: a trained model's ``checkpoint.pt``, a Hugging Face model folder or a fairseq checkpoint
+            (:func:`audiossl.interop.sources.open_model`; exactly one of ``checkpoint`` and ``baseline``).
         baseline: ``mfcc`` or ``logmel``: its one layer goes to a folder of that name.
         layers: the checkpoint model's layers to extract.
         device: where a checkpoint is loaded.
@@ -135,12 +133,10 @@ def open_source(checkpoint: str | Path | None = None, baseline: str | None = Non
             return build_baseline(baseline, sample_rate), {baseline: "encoder"}, {"baseline": baseline}
         except ValueError as e:
             raise FeatureError(str(e)) from None
-    from audiossl.checkpoint import load_model
+    from audiossl.interop.sources import open_model
 
-    model = load_model(checkpoint, device)
-    # The checkpoint's digest: re-running into the folder with a retrained model is refused, not mixed.
-    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
-    return model, {name: name for name in layers}, {"checkpoint": str(Path(checkpoint).resolve()), "sha256": digest}
+    model, source = open_model(checkpoint, device)  # its digest: a retrained model's re-run is refused, not mixed
+    return model, {name: name for name in layers}, source
 
 
 class _AudioFiles(Dataset):
@@ -201,6 +197,8 @@ def forward_chunked(model: SSLModel, wavs: torch.Tensor, lengths: torch.Tensor, 
     Returns:
         ``{layer: (batch, frames, dim)}`` and the (batch,) frame lengths.
     """
+    if not isinstance(model, SSLModel):  # another library's model batches and chunks its own way
+        return model.forward_chunked(wavs, lengths, layers, chunk_frames)
     hop = model.hop
     frame_lengths = model.output_lengths(lengths)
     total = int(frame_lengths.max())
@@ -265,8 +263,8 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
     """Write the features of ``utterances`` to ``out_dir``, one folder per layer.
 
     Args:
-        model: an :class:`SSLModel` (``audiossl.load_model`` or
-            ``models.baselines.build_baseline``); it is put in eval mode.
+        model: an :class:`SSLModel` (``audiossl.load_model``, ``models.baselines.build_baseline``) or another
+            library's model (:func:`open_source`); it is put in eval mode.
         utterances: what to extract; audio is resampled to the model's rate.
         out_dir: the extraction folder (see the module docstring).
         layers: model layer names, or ``{folder name: model layer}``.
@@ -308,7 +306,7 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
     device = torch.device(device)
     model = model.to(device).eval()
     chunk_frames = round(chunk_seconds * model.frame_rate)
-    if chunk_frames:
+    if chunk_frames and isinstance(model, SSLModel):
         _check_chunkable(model, list(layers.values()))
 
     out_dir, source = Path(out_dir), source or {}
@@ -330,6 +328,7 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
         _prepare_folder(folders[name], {
             "version": VERSION, "layer": layer, "source": source, "dim": dims[name], "frame_rate": model.frame_rate,
             "hop": model.hop, "sample_rate": model.sample_rate, "dtype": dtype, "format": file_format,
+            **({} if getattr(model, "chunks_exactly", True) else {"chunk_seconds": chunk_frames / model.frame_rate}),
         })
 
     # Resume: an utterance is done when every layer's array is readable and made from the audio as it is now.

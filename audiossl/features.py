@@ -213,7 +213,8 @@ class FeatureSet:
 
     @property
     def frame_rate(self) -> float:
-        return float(self.meta["frame_rate"])
+        """Frames per second; 100 (10 ms, audiossl's own) where ``meta.json`` does not say."""
+        return float(self.meta.get("frame_rate", 100.0))
 
     def load(self, utt_id: str) -> np.ndarray:
         """(frames, dim) array of one utterance, in the stored dtype."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with audiossl
-# installed in editable mode (with the test extra and s3prl, which the s3prl
-# upstream's tests run against, and the ABX reference zrc-abx2), plus Debian's flite and sox for the corpus
+# installed in editable mode (with the test extra, s3prl, which the s3prl
+# upstream's tests run against, transformers for the Hugging Face sources' tests (the hf extra), and the ABX
+# reference zrc-abx2), plus Debian's flite and sox for the corpus
 # builder and tcmalloc for training (audiossl/utils/allocator.py) when we may
 # install them.
 set -euo pipefail
@@ -22,7 +23,7 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,s3prl]"
+.venv/bin/python -m pip install -q -e ".[dev,s3prl,hf]"
 # The ABX reference (zrc-abx2), which tools/abx_crosscheck.py and its test run beside audiossl's ABX: a
 # Cython extension built here from its sdist, so the build needs Cython, setuptools_scm (without it the
 # sdist calls itself 0.0.0 and pip discards the build as "inconsistent version") and a C compiler.

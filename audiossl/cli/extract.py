@@ -22,13 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="per-utterance features to numpy (OUT/<layer>/<relative path>.npy|.npz); "
                        "re-running resumes")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", "--checkpoint", dest="ckpt", help="a trained model's checkpoint.pt")
+    source.add_argument("--ckpt", "--checkpoint", dest="ckpt", help="a trained model's checkpoint.pt, a Hugging Face "
+                        "model folder (config.json: wav2vec2, hubert, wavlm, data2vec-audio) or a fairseq wav2vec 2.0 "
+                        "/ HuBERT .pt")
     source.add_argument("--baseline", choices=sorted(BASELINES), help="hand-made features instead of a model")
     p.add_argument("--data", required=True, help="corpus folder or manifest TSV; the output tree mirrors its paths")
     p.add_argument("--out", required=True, help="output folder, one sub-folder per layer")
     p.add_argument("--layer", "--layers", dest="layers", type=name_list, default=None,
-                   help="with --ckpt, comma-separated: encoder, context (the last layer), context_1, ... "
-                   "(default: context)")
+                   help="with --ckpt, comma-separated: encoder, context (the model's output), context_1, ...; "
+                   "a Hugging Face or fairseq model's encoder, layer_0 .. layer_N (default: context)")
     p.add_argument("--format", choices=["npy", "npz", "zerospeech"], default="npy",
                    help="one .npy per utterance, or a compressed .npz holding the array as 'features', or "
                    "zerospeech: the ZeroSpeech 2021 submission layout (OUT/phonetic/<subset>/<id>.npy|.txt and "
@@ -44,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-seconds", type=positive_float, default=160.0,
                    help="most padded audio per forward pass (utterances x the longest); longer files go alone")
     p.add_argument("--chunk-seconds", type=non_negative_float, default=0.0,
-                   help="encode long files this many seconds at a time, same result (0: whole files)")
+                   help="encode long files this many seconds at a time, same result (0: whole files; a Hugging Face "
+                   "or fairseq Transformer's differs, see docs/interop.md)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="arrays on disk")
     p.add_argument("--sample-rate", type=positive_int, default=16000, help="audio rate for --baseline features")
     p.add_argument("--speaker-level", type=int, default=-1, help="folder level naming the speaker (non-LibriSpeech)")
@@ -63,7 +66,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     zerospeech = args.format == "zerospeech"
     subset = check_zerospeech(args) if zerospeech else None
     model, layers, source = open_source(args.ckpt, args.baseline, layers_from(args), device, args.sample_rate)
-    if args.ckpt:
+    if args.ckpt and hasattr(model, "description"):  # another library's model
+        print(f"# {model.description}")
+        if args.chunk_seconds and not model.chunks_exactly:
+            print(f"# note: chunks of {args.chunk_seconds:g} s see {model.chunk_margin / model.sample_rate:g} s of "
+                  "audio on each side; a bidirectional Transformer's chunked features differ from whole-file ones "
+                  "(docs/interop.md)")
+    elif args.ckpt:
         print_config(model.config)
     else:
         print(f"# hand-made features: {args.baseline}")

@@ -20,13 +20,15 @@ def probe_options(source_required: bool) -> argparse.ArgumentParser:
     source = shared.add_mutually_exclusive_group(required=source_required)
     source.add_argument("--features", help="an audiossl extract output folder")
     source.add_argument("--ckpt", "--checkpoint", dest="ckpt",
-                        help="a checkpoint; its features are extracted from --data first (cached in OUT/features)")
+                        help="a checkpoint, a Hugging Face model folder or a fairseq .pt; its features are extracted "
+                        "from --data first (cached in OUT/features)")
     source.add_argument("--baseline", choices=sorted(BASELINES),
                         help="probe a hand-made feature of --data (cached in OUT/features)")
     shared.add_argument("--data", help="corpus folder or manifest: required with --ckpt and --baseline; with "
                         "--features, where the floors' audio is read (default: the audio the features came from)")
     shared.add_argument("--layer", "--layers", dest="layers", type=name_list, default=None,
-                        help="with --features or --ckpt, comma-separated layers to probe (default: context)")
+                        help="with --features or --ckpt, comma-separated layers to probe (default: context; a Hugging "
+                        "Face or fairseq model's encoder, layer_0 .. layer_N)")
     shared.add_argument("--baselines", type=name_list, default=None,
                         help="hand-made floors probed beside the main source (default: mfcc,logmel; with "
                         "--baseline: none; 'none' for none)")

@@ -22,6 +22,7 @@ epoch (``OUT/tb/<features>/train_loss``, ``heldout_accuracy``,
      "heldout_utterances": int,              # of those, held out to choose the epoch
      "test_utterances": int,                 # requested: the test split (each result row says how many scored)
      "accuracy": float, "chance": float,     # the first result's, for readers wanting one number
+     "frame_rate": {...},                    # phone: the first result's (below)
      "settings": {...},                      # ProbeSettings: epochs, batch_size, lr, ..., seed
      "published": {...},                     # the CPC paper's LibriSpeech 100 h figures
      "results": [{                           # one per feature set, the main source first
@@ -41,6 +42,8 @@ epoch (``OUT/tb/<features>/train_loss``, ``heldout_accuracy``,
          "train_accuracy": float, "heldout_accuracy": float | null, "test_loss": float,
          "history": {"train_loss": [...], "heldout_accuracy": [...], "heldout_loss": [...]},
                                              # one value per epoch run
+         "frame_rate": {"features_ms": 20.0, "labels_ms": 10.0, "how": "repeat features", "factor": 2},
+                                             # phone: how the features met the 10 ms labels (probes.tasks)
          "dim": int, "seconds": float,
          "source": {...}}, ...]}             # meta.json's: checkpoint path and digest, or baseline name
 """
@@ -71,7 +74,7 @@ from audiossl.probes.runner import (
     scores,
     with_floors,
 )
-from audiossl.probes.tasks import ProbeError, heldout_split, phone_examples, speaker_examples
+from audiossl.probes.tasks import ProbeError, at_label_rate, heldout_split, phone_examples, speaker_examples
 
 __all__ = ["DEFAULT_SETTINGS", "PUBLISHED", "format_report", "phone_probe", "speaker_probe"]
 
@@ -138,6 +141,10 @@ def phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequen
                 device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True) -> dict:
     """Linear phone classification per 10 ms frame, for each layer and baseline.
 
+    Features at another rate are read at the labels' (the frame-rate rule of
+    :mod:`audiossl.probes.tasks`: 20 ms frames repeated twice); a ratio that
+    is not a whole number is refused.
+
     Args:
         features_dir: an ``audiossl extract`` output folder.
         alignments: ``converted_aligned_phones.txt``.
@@ -159,15 +166,17 @@ def phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequen
     features_dir, device = Path(features_dir), torch.device(device)
     settings = settings or DEFAULT_SETTINGS["phone"]
     layer_sets = open_layers(features_dir, layers)
+    at_label_rate(layer_sets)  # a rate that cannot be is refused before anything else is read
     labels, num_classes = phone_labels(alignments, phones)
     train_ids, test_ids = resolve_split(layer_sets[0], train_split, test_split, usable=labels)
     labelled = [u for u in train_ids + test_ids if u in labels]
-    sets = with_floors(layer_sets, baselines, labelled, device, num_workers, progress,
-                       corpus_audio(data, labelled, progress))
+    sets = at_label_rate(with_floors(layer_sets, baselines, labelled, device, num_workers, progress,
+                                     corpus_audio(data, labelled, progress)))
     report = _run("phone", sets, train_ids, test_ids,
                   lambda fs, ids, what: phone_examples(fs, labels, ids, what), num_classes, settings, device,
                   progress, unlabelled=[u for u in train_ids + test_ids if u not in labels])
     report["unit"] = "10 ms frame"
+    report["frame_rate"] = report["results"][0]["frame_rate"]
     return report
 
 

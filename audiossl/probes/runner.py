@@ -17,7 +17,8 @@ in one format::
                   <score keys>: float | null,     # a fraction
                   ...,                            # the probe's own per-set fields
                   "dim": int, "seconds": float,   # feature dimension; time to score this set
-                  "source": {...}}, ...]}          # meta.json's: checkpoint path and digest, or baseline name
+                  "source": {...},                # meta.json's: checkpoint path and digest, or baseline name
+                  "frame_rate": {...}}, ...]}     # probes on 10 ms labels: features_ms, labels_ms, how, factor
 
 :func:`write_outputs` puts a report in a folder (``metrics.json`` last, so a
 folder holding it is complete), every file written atomically.
@@ -43,7 +44,7 @@ from audiossl.data.alignments import labels_for_frames, load_alignments, load_ph
 from audiossl.data.corpus import Utterance, load_corpus
 from audiossl.extract import FeatureSet, extract, open_source, select_utterances
 from audiossl.models.baselines import BASELINES, build_baseline
-from audiossl.probes.tasks import ProbeError, default_split
+from audiossl.probes.tasks import AtLabelRate, ProbeError, default_split
 from audiossl.utils.atomic import DiskFullError, atomic_write
 from audiossl.utils.stopping import stop_point
 
@@ -227,14 +228,16 @@ def labelled_in_every_set(sets: Sequence[FeatureSet], labels: Mapping[str, np.nd
 
 def score_sets(sets: Sequence[FeatureSet], score: Callable[[FeatureSet], dict]) -> list[dict]:
     """One result row per feature set: its name and role, what ``score`` returns for it (which may set the
-    role itself), then its dimension, the seconds ``score`` took and its source."""
+    role itself), then its dimension, the seconds ``score`` took, its source and, for a set read at the labels'
+    rate (:func:`~audiossl.probes.tasks.at_label_rate`), ``frame_rate``: how it was brought there."""
     rows = []
     for features in sets:
         stop_point(f"before scoring {features.name} ({len(rows)} of {len(sets)} feature sets scored)")
         began = time.perf_counter()
         row = {"features": features.name, "role": role(features), **score(features)}
         rows.append({**row, "dim": features.dim, "seconds": round(time.perf_counter() - began, 2),
-                     "source": features.meta["source"]})
+                     "source": features.meta["source"],
+                     **({"frame_rate": features.record} if isinstance(features, AtLabelRate) else {})})
     return rows
 
 

@@ -3,8 +3,18 @@
 Phones (CPC paper, Sec. 3.1; CPC_audio's ``linear_separability.py
 --pathPhone``): every frame of the training utterances is an example, labelled
 from the CPC release's ``converted_aligned_phones.txt`` (100 Hz labels, 41
-classes on LibriSpeech). Features must come at the labels' 100 Hz; a frame or
+classes on LibriSpeech). Features are read at the labels' 100 Hz; a frame or
 two of length difference is absorbed (``labels_for_frames``).
+
+The frame-rate rule (:func:`at_label_rate`): features at any rate whose ratio
+to the labels' is a whole number, either way, are brought to the labels'
+rate. Slower features (wav2vec 2.0, HuBERT, WavLM: 20 ms frames) have each
+frame repeated, twice for 20 ms (``repeat features``: s3prl's upstream
+expander, so every 10 ms label keeps its frame); faster ones have each group
+of frames averaged (``average features``). Any other ratio (25 ms frames,
+say) is refused. :func:`frame_rate_record` says what was done, as
+``metrics.json`` reports it: ``{"features_ms": 20.0, "labels_ms": 10.0,
+"how": "repeat features", "factor": 2}``.
 
 Speakers (CPC paper, Sec. 3.1): by default one example per utterance, the
 mean of its frames. CPC_audio's speaker mode instead classifies context
@@ -30,7 +40,8 @@ from audiossl.data.alignments import labels_for_frames
 from audiossl.errors import UserError
 from audiossl.extract import FeatureSet
 
-__all__ = ["LABEL_RATE", "POOLS", "ProbeError", "check_label_rate", "default_split", "heldout_split", "phone_examples",
+__all__ = ["LABEL_RATE", "POOLS", "AtLabelRate", "ProbeError", "at_label_rate", "check_label_rate", "default_split",
+           "frame_ratio", "frame_rate_record", "heldout_split", "label_spans", "phone_examples", "rate_ratio",
            "require_features", "speaker_examples"]
 
 POOLS = ("mean", "last")
@@ -78,6 +89,84 @@ def heldout_split(train_ids: Sequence[str], fraction: float = 0.1, seed: int = 1
             [u for i, u in enumerate(train_ids) if i in chosen])
 
 
+def frame_ratio(features: FeatureSet, label_rate: float = LABEL_RATE) -> tuple[str, int]:
+    """How the frame-rate rule brings ``features`` to ``label_rate``: ``("repeat features", k)`` for features ``k``
+    times slower, ``("average features", k)`` for ``k`` times faster, ``("as they are", 1)``.
+
+    Raises:
+        ProbeError: for a ratio that is not a whole number either way.
+    """
+    return rate_ratio(features.frame_rate, label_rate, features.folder)
+
+
+def rate_ratio(rate: float, label_rate: float = LABEL_RATE, where: object = "features") -> tuple[str, int]:
+    """:func:`frame_ratio` of features at ``rate`` frames per second; ``where`` names them in the error."""
+    slower, faster = label_rate / rate, rate / label_rate
+    for how, ratio in (("repeat features", slower), ("average features", faster)):
+        factor = round(ratio)
+        if factor >= 1 and abs(ratio - factor) <= 1e-6 * ratio:
+            return ("as they are", 1) if factor == 1 else (how, factor)
+    raise ProbeError(f"{where}: features at {rate:g} frames/s ({1000 / rate:g} ms) and phone labels at "
+                     f"{label_rate:g} ({1000 / label_rate:g} ms): neither rate is a whole multiple of the other")
+
+
+def label_spans(start: int, end: int, how: str, factor: int) -> tuple[int, int]:
+    """The feature frames ``[first, last)`` that the label frames ``[start, end)`` overlap: ``[start // k,
+    ceil(end / k))`` for features ``k`` times slower (10 ms labels ``[2, 7)`` are 20 ms frames ``[1, 4)``),
+    ``[start k, end k)`` for ``k`` times faster; ``how`` and ``k`` as :func:`rate_ratio` gives them."""
+    if how == "repeat features":
+        return start // factor, -(-end // factor)
+    if how == "average features":
+        return start * factor, end * factor
+    return start, end
+
+
+def frame_rate_record(features: FeatureSet, label_rate: float = LABEL_RATE) -> dict:
+    """What :func:`at_label_rate` does to ``features``, for ``metrics.json``."""
+    how, factor = frame_ratio(features, label_rate)
+    return {"features_ms": round(1000 / features.frame_rate, 6), "labels_ms": round(1000 / label_rate, 6),
+            "how": how, "factor": factor}
+
+
+class AtLabelRate(FeatureSet):
+    """A feature set read at the labels' rate: each frame repeated ``factor`` times, or each ``factor`` frames
+    averaged (the last group may be shorter). Everything else is the set's own; ``base`` is the set itself.
+
+    Args:
+        features: the set as extracted.
+        label_rate: frames per second to read it at.
+    """
+
+    def __init__(self, features: FeatureSet, label_rate: float = LABEL_RATE):  # no super().__init__: a view
+        self.base, self.record = features, frame_rate_record(features, label_rate)
+        self.how, self.factor = self.record["how"], self.record["factor"]
+        self.folder, self.utterances, self.speakers = features.folder, features.utterances, features.speakers
+        self.paths, self.meta = features.paths, {**features.meta, "frame_rate": label_rate}
+        self.num_frames = {u: self._frames(n) for u, n in features.num_frames.items()}
+
+    def _frames(self, n: int) -> int:
+        return n * self.factor if self.how == "repeat features" else -(-n // self.factor)
+
+    def load(self, utt_id: str) -> np.ndarray:
+        return self.at_rate(self.base.load(utt_id))
+
+    def at_rate(self, frames: np.ndarray) -> np.ndarray:
+        """(frames, ...) per-frame values of the set brought to the labels' rate."""
+        if self.how == "repeat features":
+            return np.repeat(frames, self.factor, axis=0)
+        if self.how == "average features" and len(frames):
+            starts = np.arange(0, len(frames), self.factor)
+            sums = np.add.reduceat(frames.astype(np.float64), starts, axis=0)
+            counts = np.diff(np.r_[starts, len(frames)])
+            return (sums / counts.reshape(-1, *([1] * (frames.ndim - 1)))).astype(frames.dtype)
+        return frames
+
+
+def at_label_rate(sets: Sequence[FeatureSet], label_rate: float = LABEL_RATE) -> list[FeatureSet]:
+    """Every set at the labels' rate (the frame-rate rule, see the module docstring); refused if it cannot be."""
+    return [AtLabelRate(features, label_rate) for features in sets]
+
+
 def check_label_rate(sets: Sequence[FeatureSet], why: str) -> None:
     """Refuse features not at the phone labels' 100 frames a second; ``why`` ends the message."""
     for features in sets:
@@ -99,7 +188,7 @@ def phone_examples(features: FeatureSet, alignments: dict[str, np.ndarray], ids:
     """Every frame of ``ids`` with its phone label.
 
     Args:
-        features: features at 100 Hz.
+        features: features at 100 Hz (:func:`at_label_rate` brings others there).
         alignments: utterance id -> 100 Hz phone labels (``load_alignments``).
         ids: the utterances to use.
         what: names the split in error messages.

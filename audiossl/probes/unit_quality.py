@@ -22,6 +22,12 @@ The ABX error is :mod:`audiossl.probes.abx.labels`'s on the one-hot vectors of t
 units, as the ZeroSpeech 2021 baseline scores its k-means units (angular
 distance between one-hot frames is 0 or 0.5).
 
+Units of features at another rate than the labels' are brought to it by the
+frame-rate rule of :mod:`audiossl.probes.tasks` (each unit of a 20 ms frame
+repeated twice; units of averaged frames for faster features), for the
+purities, PNMI and ABX alike, so a 20 ms model scores as its frames repeated
+to 10 ms would; each result row's ``frame_rate`` says how.
+
 Floors: :func:`units_probe` fits k-means with the model's settings (k,
 sample size, seed, standardization) on the MFCC and log-mel features of the
 same utterances the model's k-means saw (its ``fit_ids.txt``), and reports
@@ -57,7 +63,7 @@ from audiossl.probes.runner import (
     scores,
     with_floors,
 )
-from audiossl.probes.tasks import check_label_rate
+from audiossl.probes.tasks import AtLabelRate, at_label_rate
 from audiossl.units.fit import FIT_IDS, FitSettings, UnitModel, check_features, fit_units
 from audiossl.units.kmeans import KMeansSettings
 
@@ -118,6 +124,14 @@ def unit_quality(counts: np.ndarray) -> dict:
             "phone_entropy": _entropy(joint.sum(1))}
 
 
+def _units_at_label_rate(features: AtLabelRate, units_model: UnitModel, utt_id: str, device: torch.device
+                         ) -> np.ndarray:
+    """An utterance's units at the labels' rate: its frames' units repeated, or the units of its averaged frames."""
+    if features.how == "average features":
+        return units_model.assign(features.load(utt_id), device)
+    return features.at_rate(units_model.assign(features.base.load(utt_id), device))
+
+
 def _fit_settings(model: UnitModel) -> FitSettings:
     """The model's own k-means settings, to fit the floors with."""
     recorded = model.record["settings"]
@@ -159,6 +173,7 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
     model = UnitModel(units_dir)
     reference = FeatureSet(Path(features_dir) / model.layer)
     check_features(model, reference)
+    at_label_rate([reference])  # a rate that cannot be is refused before anything else is read
     labels, num_classes = phone_labels(alignments, phones)
     silence = silence_class(phones)
     listed = checked(load_split, split) if split is not None else list(reference.num_frames)
@@ -166,16 +181,15 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
     scored = [u for u in listed if u in labels]
     scored_set = set(scored)
     wanted = scored + [u for u in model.fit_ids if u not in scored_set]
-    sets = with_floors([reference], baselines, wanted, device, num_workers, progress,
-                       corpus_audio(data, wanted, progress))
-    check_label_rate(sets, "the phone labels are")
+    sets = at_label_rate(with_floors([reference], baselines, wanted, device, num_workers, progress,
+                                     corpus_audio(data, wanted, progress)))
     ids, unextracted, utt_labels = labelled_in_every_set(sets, labels, listed, split or reference.folder, alignments)
     speakers = {u: reference.speakers[u] for u in ids}
     with contextlib.ExitStack() as stack:
         floors = Path(out) if out is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
 
-        def score(features: FeatureSet) -> dict:
-            if features is reference:
+        def score(features: AtLabelRate) -> dict:
+            if features.base is reference:
                 units_model, role = model, "model"
             else:
                 print(f"# k-means with k={model.k} on the {features.name} floor, on the "
@@ -184,7 +198,7 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
                                            features.name, _fit_settings(model), model.folder / FIT_IDS, device,
                                            progress)
                 role = "baseline"
-            units = {u: units_model.assign(features.load(u), device)[: len(utt_labels[u])] for u in ids}
+            units = {u: _units_at_label_rate(features, units_model, u, device)[: len(utt_labels[u])] for u in ids}
             quality = unit_quality(contingency(units, utt_labels, num_classes, units_model.k))
             eye = np.eye(units_model.k, dtype=np.float32)
             found = abx_score({u: eye[x] for u, x in units.items()}, utt_labels, speakers, abx, silence, device)
@@ -196,7 +210,8 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
         rows = score_sets(sets, score)
     return {"task": "units", "scores": SCORES, "k": model.k, "units": str(model.folder), "layer": model.layer,
             "utterances": len(ids), "speakers": len(set(speakers.values())), "num_classes": num_classes,
-            "silence": silence, "settings": {"abx": asdict(abx), "kmeans": model.record["settings"]},
+            "silence": silence, "frame_rate": rows[0]["frame_rate"],
+            "settings": {"abx": asdict(abx), "kmeans": model.record["settings"]},
             "dropped": {"alignments": listing(unlabelled), "features": listing(unextracted)}, "results": rows}
 
 

@@ -14,6 +14,9 @@ within speakers and across speakers; this module follows them.
   the run, widened by ``context_frames`` frames of the neighbours on each
   side (0 by default, as the Libri-light item files, which cut at the phone's
   own boundaries).
+- Frame rate: the features' own (zrc-abx2's ``feature_size``): a run of
+  10 ms labels takes the feature frames it overlaps
+  (:func:`audiossl.probes.tasks.label_spans`); ``context_frames`` counts them.
 - Triples: A and X share the centre phone, B has another one, and, with
   ``context="triphone"``, A, B and X share the left and right phones
   (ZeroSpeech's "on phone, by context"). ``within``: A, B and X come from one
@@ -65,7 +68,7 @@ from audiossl.probes.runner import (
     scores,
     with_floors,
 )
-from audiossl.probes.tasks import check_label_rate
+from audiossl.probes.tasks import LABEL_RATE, at_label_rate, frame_rate_record, label_spans, rate_ratio
 from audiossl.settings import check_seed
 
 __all__ = [
@@ -260,17 +263,18 @@ def abx_error(items: Items, triples: np.ndarray, d_ax: np.ndarray, d_bx: np.ndar
 
 def abx_score(feats: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], speakers: Mapping[str, str],
               settings: ABXSettings | None = None, silence: int | None = 0,
-              device: str | torch.device = "cpu") -> dict:
+              device: str | torch.device = "cpu", frame_rate: float = LABEL_RATE) -> dict:
     """Within- and across-speaker ABX error of one feature set.
 
     Args:
         feats: utterance id -> (frames, dim) features.
-        labels: utterance id -> (frames,) phone classes, no longer than the
-            utterance's features (frame ``t`` of both is the same 10 ms).
+        labels: utterance id -> (frames,) phone classes at 100 Hz, covering
+            no more than the utterance's features.
         speakers: utterance id -> speaker.
         settings: contexts, distance, sampling.
         silence: the class never used as a centre phone.
         device: where distances are computed.
+        frame_rate: of the features; items are cut at their own frame shift.
 
     Returns:
         ``{"num_items": n, "within": {...}, "across": {...}}`` with the
@@ -279,14 +283,15 @@ def abx_score(feats: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
     settings = settings or ABXSettings()
     device = torch.device(device)
     items = find_items(labels, speakers, silence)
+    how, factor = rate_ratio(frame_rate)
     margin = settings.context_frames
     pieces, lengths = [], []
     for utt, start, end in zip(items.utterance, items.start, items.end):
-        utt_id = items.ids[utt]
-        if len(feats[utt_id]) < len(labels[utt_id]):
-            raise ValueError(f"utterance {utt_id!r}: {len(feats[utt_id])} feature frames, "
-                             f"{len(labels[utt_id])} labels")
-        piece = feats[utt_id][max(0, start - margin): min(len(labels[utt_id]), end + margin)]
+        utt_id, num_labels = items.ids[utt], len(labels[items.ids[utt]])
+        if len(feats[utt_id]) <= label_spans(num_labels - 1, num_labels, how, factor)[0]:  # the last label's frame
+            raise ValueError(f"utterance {utt_id!r}: {len(feats[utt_id])} feature frames, {num_labels} labels")
+        first, last = label_spans(int(start), int(end), how, factor)
+        piece = feats[utt_id][max(0, first - margin): min(label_spans(0, num_labels, how, factor)[1], last + margin)]
         pieces.append(piece)
         lengths.append(len(piece))
     dim = next(iter(feats.values())).shape[1] if feats else 0
@@ -323,8 +328,9 @@ def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence
     reported.
 
     Args:
-        features_dir: an ``audiossl extract`` output folder (features at the
-            labels' 100 Hz).
+        features_dir: an ``audiossl extract`` output folder (features at a
+            rate whose ratio to the labels' 100 Hz is a whole number, either
+            way; items are cut at the features' own frame shift).
         alignments: ``converted_aligned_phones.txt``.
         layers: sub-folders of ``features_dir`` to score.
         baselines: hand-made features scored beside them (extracted if missing).
@@ -344,6 +350,7 @@ def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence
     settings = settings or ABXSettings()
     device = torch.device(device)
     layer_sets = open_layers(features_dir, layers)
+    at_label_rate(layer_sets)  # a rate that cannot be is refused before anything else is read
     num_classes = len(checked(load_phone_inventory, phones)) if phones is not None else None
     labels = checked(load_alignments, alignments, num_classes)
     silence = silence_class(phones)
@@ -353,15 +360,17 @@ def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence
     labelled = [u for u in listed if u in labels]
     sets = with_floors(layer_sets, baselines, labelled, device, num_workers, progress,
                        corpus_audio(data, labelled, progress))
-    check_label_rate(sets, "ABX items are cut from phone labels")
-    # One item set for every feature set: labels cut to the shortest features.
-    ids, unextracted, utt_labels = labelled_in_every_set(sets, labels, listed, split or reference.folder, alignments)
+    # One item set for every feature set: labels cut to the shortest features (counted at the labels' rate).
+    ids, unextracted, utt_labels = labelled_in_every_set(at_label_rate(sets), labels, listed,
+                                                         split or reference.folder, alignments)
     speakers = {u: reference.speakers[u] for u in ids}
 
     def score(features: FeatureSet) -> dict:
-        found = abx_score({u: features.load(u) for u in ids}, utt_labels, speakers, settings, silence, device)
+        found = abx_score({u: features.load(u) for u in ids}, utt_labels, speakers, settings, silence, device,
+                          features.frame_rate)
         return {"within": found["within"]["error"], "across": found["across"]["error"],
-                "num_items": found["num_items"], "conditions": {c: found[c] for c in CONDITIONS}}
+                "num_items": found["num_items"], "conditions": {c: found[c] for c in CONDITIONS},
+                "frame_rate": {**frame_rate_record(features), "how": "items cut at the features' own frame shift"}}
 
     return {"task": "abx", "scores": SCORES, "utterances": len(ids), "speakers": len(set(speakers.values())),
             "silence": silence, "settings": asdict(settings),

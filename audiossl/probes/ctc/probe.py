@@ -66,7 +66,7 @@ from audiossl.probes.runner import (
     scores,
     with_floors,
 )
-from audiossl.probes.tasks import ProbeError, heldout_split
+from audiossl.probes.tasks import ProbeError, at_label_rate, heldout_split
 
 __all__ = [
     "CTCSettings",
@@ -120,8 +120,14 @@ def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Se
                     progress: bool = True) -> dict:
     """CTC phone recognition from each layer and baseline; phone error rate on the test split.
 
+    Every feature set is read at the alignments' 10 ms (the frame-rate rule of
+    :mod:`audiossl.probes.tasks`: 20 ms frames repeated twice), so each has
+    the frames per phone the labels have; ``frame_rate`` in each result row
+    says how.
+
     Args:
-        features_dir: an ``audiossl extract`` output folder (any frame rate).
+        features_dir: an ``audiossl extract`` output folder (a frame rate
+            whose ratio to 100 Hz is a whole number, either way).
         alignments: ``converted_aligned_phones.txt``; collapsed into phone sequences.
         layers: sub-folders of ``features_dir`` to probe.
         baselines: hand-made features probed beside them (extracted if missing).
@@ -141,21 +147,23 @@ def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Se
     """
     settings, device = settings or CTCSettings(), torch.device(device)
     layer_sets = open_layers(features_dir, layers)
+    at_label_rate(layer_sets)  # a rate that cannot be is refused before anything else is read
     labels, num_phones = phone_labels(alignments, phones)
     silence = None if keep_silence else silence_class(phones)
     train_ids, test_ids = resolve_split(layer_sets[0], train_split, test_split, usable=labels)
     unlabelled = [u for u in train_ids + test_ids if u not in labels]
     train_ids, test_ids = [u for u in train_ids if u in labels], [u for u in test_ids if u in labels]
     targets = {u: phone_sequence(labels[u], silence) + 1 for u in train_ids + test_ids}
-    sets = with_floors(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
-                       corpus_audio(data, train_ids + test_ids, progress))
+    sets = at_label_rate(with_floors(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
+                                     corpus_audio(data, train_ids + test_ids, progress)))
 
     def score(ids: list[str], hyps: list[np.ndarray]) -> dict:
         return {"per": error_rate([(targets[u], h) for u, h in zip(ids, hyps)])}
 
     report = _run("ctc-phone", sets, train_ids, test_ids, targets, num_phones + 1, score, settings, device, progress)
     return {**report, "scores": scores(Score("per", "PER", True)), "metrics": ["per"], "unit": "phone",
-            "num_units": num_phones - (silence is not None), "silence": silence, "unlabelled": listing(unlabelled)}
+            "num_units": num_phones - (silence is not None), "silence": silence, "unlabelled": listing(unlabelled),
+            "frame_rate": report["results"][0]["frame_rate"]}
 
 
 def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: Sequence[str] = ("context",),
