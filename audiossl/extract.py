@@ -51,8 +51,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from audiossl.audio import AudioError, read_audio
 from audiossl.data.alignments import load_split
+from audiossl.data.audio import AudioError, read_audio
 from audiossl.data.corpus import Utterance, load_corpus
 from audiossl.features import (
     FORMATS,

@@ -17,10 +17,10 @@ import pytest
 import soundfile
 import torch
 
-from audiossl.audio import read_audio
 from audiossl.checkpoint import load_checkpoint
 from audiossl.cli import main
 from audiossl.data.alignments import labels_for_frames, load_alignments
+from audiossl.data.audio import read_audio
 from audiossl.data.corpus import CorpusError, load_corpus, problems_path, read_manifest, scan_corpus
 from audiossl.data.validate import check_audio
 from audiossl.data.windows import WindowDataset, collate_windows

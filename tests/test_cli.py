@@ -197,10 +197,10 @@ def test_cuda_where_there_is_none_is_a_user_error(tiny_corpus, tmp_path, capsys)
 
 def test_every_user_error_is_one_userror_type():
     """The CLI catches one type; each module's own user error derives from it and keeps its built-in base."""
-    from audiossl.audio import AudioError
     from audiossl.checkpoint import CheckpointError
     from audiossl.cli.app import USER_ERRORS
     from audiossl.config import ConfigError
+    from audiossl.data.audio import AudioError
     from audiossl.data.corpus import CorpusError
     from audiossl.errors import UserError
     from audiossl.features import FeatureError

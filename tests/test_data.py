@@ -9,7 +9,7 @@ import pytest
 import soundfile
 import torch
 
-from audiossl.audio import AudioError, read_audio
+from audiossl.data.audio import AudioError, read_audio
 from audiossl.data.corpus import MANIFEST_COLUMNS, CorpusError, load_corpus, read_manifest, scan_corpus, write_manifest
 from audiossl.data.windows import WindowDataset, collate_windows, epoch_batches
 

@@ -153,7 +153,7 @@ def test_extract_writes_arrays_that_match_the_model(tiny_corpus, tmp_path, file_
             with np.load(features.paths[utterances[0].id]) as archive:
                 assert list(archive) == ["features"]
     # Every array equals a single run of the model on that file.
-    from audiossl.audio import read_audio
+    from audiossl.data.audio import read_audio
 
     for utt in utterances[:3]:
         wav = read_audio(utt.path)

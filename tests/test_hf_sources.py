@@ -24,9 +24,9 @@ from conftest import import_reference
 
 transformers = import_reference("transformers", "the hf extra: pip install -e .[hf]")
 
-from audiossl.audio import read_audio  # noqa: E402
 from audiossl.checkpoint import CheckpointError  # noqa: E402
 from audiossl.cli import main  # noqa: E402
+from audiossl.data.audio import read_audio  # noqa: E402
 from audiossl.extract import FeatureError, FeatureSet, extract, select_utterances  # noqa: E402
 from audiossl.interop.fairseq import FairseqError, conv_layers  # noqa: E402
 from audiossl.interop.hf import HFModelError  # noqa: E402

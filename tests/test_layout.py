@@ -111,3 +111,43 @@ def test_the_cycle_finder_finds_a_lazy_cycle():
     assert "audiossl.objectives" in graph["audiossl.config"]  # the registry, at the top
     assert "audiossl.config" not in graph["audiossl.objectives.cpc"]  # Config under TYPE_CHECKING only
     assert "audiossl.settings" in graph["audiossl.objectives.cpc"]
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def room_rules() -> dict[str, set[str] | None]:
+    """docs/architecture.md's module map: room -> the rooms it may import (None: every room)."""
+    rules: dict[str, set[str] | None] = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        room = cells[0].strip("`").rstrip("/")
+        allowed = cells[-1]
+        rules[room] = None if allowed == "every room" else set() if allowed == "–" else set(allowed.split(", "))
+    return rules
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")
+    return "__init__" if len(parts) == 1 else parts[1]
+
+
+def test_every_room_imports_only_what_the_architecture_page_allows():
+    rules = room_rules()
+    rooms = {room_of(name) for name in module_names()}
+    assert rooms == set(rules), "docs/architecture.md's module map and ls audiossl/ differ"
+    for room, allowed in rules.items():
+        assert allowed is None or allowed <= set(rules), f"{room} may import an unknown room"
+    wrong = sorted(f"{module} imports {dep}" for module, deps in import_graph().items() for dep in deps
+                   if room_of(dep) != room_of(module) and rules[room_of(module)] is not None
+                   and room_of(dep) not in rules[room_of(module)])
+    assert wrong == []
+
+
+def test_the_room_rules_are_read_and_would_catch_an_upward_import():
+    rules = room_rules()
+    assert rules["errors"] == set() and rules["cli"] is None
+    assert rules["utils"] == {"errors"} and "probes" not in rules["train"]
+    assert "train" not in rules["models"] and "cli" not in rules["report"]

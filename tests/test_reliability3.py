@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from audiossl.audio import AudioError, read_audio
 from audiossl.cli import main
+from audiossl.data.audio import AudioError, read_audio
 from audiossl.data.corpus import CorpusError, load_corpus, read_manifest
 from audiossl.extract import FeatureSet
 from audiossl.units.fit import FitSettings, fit_units

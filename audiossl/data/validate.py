@@ -12,7 +12,7 @@ of audio) decodes in 0.13 s on one idle core, about 2,500 times real time
 alone), so LibriSpeech's 100 h take one to a few minutes, once.
 
 What is not a problem: stereo files are mixed down and other sample rates
-resampled when read (:func:`audiossl.audio.read_audio`). Files shorter than
+resampled when read (:func:`audiossl.data.audio.read_audio`). Files shorter than
 the training window are a training-time matter (the window is a config
 value): :class:`audiossl.data.windows.WindowDataset` drops them and the
 training run lists them.

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audiossl.audio import AudioError, read_audio
+from audiossl.data.audio import AudioError, read_audio
 from audiossl.data.corpus import Utterance
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl.audio import read_audio
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
+from audiossl.data.audio import read_audio
 from audiossl.data.corpus import Utterance, load_corpus, read_manifest
 from audiossl.extract import FeatureError, FeatureSet
 

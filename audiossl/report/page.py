@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import yaml
 
-from audiossl.audio import read_audio
 from audiossl.data.alignments import labels_for_frames
+from audiossl.data.audio import read_audio
 from audiossl.probes.tasks import LABEL_RATE, default_split
 from audiossl.report import figures, spectrograms
 from audiossl.report.analysis import linear_confusion, pca_2d
