@@ -7,9 +7,10 @@ names. A ``preset`` key applies a named preset first; the file's other keys and
 then the command-line overrides win over it. Unknown keys, type mismatches and
 impossible combinations are errors raised before any work starts.
 
-The sections are this module's data, model and train dataclasses and the
-objective section, which joins the settings each objective owns
-(:func:`objective_section`). A probe's settings (``ProbeSettings``,
+The sections are this module's data, model and train dataclasses, the
+augment section (:class:`audiossl.data.augment.AugmentConfig`, the training
+augmentation's own) and the objective section, which joins the settings each
+objective owns (:func:`objective_section`). A probe's settings (``ProbeSettings``,
 ``CTCSettings``, ``ABXSettings`` ...) are read the same way, from a flat YAML
 file and ``key=value`` items (:func:`build_settings`). Reading the text itself (YAML, ``key=value``,
 typed and finite values, keys given twice) is :mod:`audiossl.settings`'s.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 # ConfigError, load_config_file and parse_overrides are re-exported: callers import them from here.
+from audiossl.data.augment import AugmentConfig
 from audiossl.objectives import OBJECTIVES
 from audiossl.settings import (  # noqa: F401
     MAX_SEED,
@@ -116,7 +118,8 @@ def objective_section() -> type:
 
 
 def sections() -> dict[str, type]:
-    return {"data": DataConfig, "model": ModelConfig, "objective": objective_section(), "train": TrainConfig}
+    return {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "objective": objective_section(),
+            "train": TrainConfig}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPC_audio's defaults (Riviere et al. 2020): 256-channel encoder with channel norm, 1-layer LSTM 256
@@ -149,6 +152,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: Any = field(default_factory=lambda: objective_section()())  # see objective_section()
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -282,6 +286,7 @@ def validate(cfg: Config) -> None:
     non_negative({"num_workers": d.num_workers, "warmup_steps": t.warmup_steps, "clip_grad": t.clip_grad,
                   "weight_decay": t.weight_decay, "max_minutes": t.max_minutes})
     check_seed("seed", t.seed)
+    cfg.augment.check()
     if m.context_layers < 0 or (m.context != "none" and m.context_layers == 0):
         raise ConfigError(f"config key 'context_layers' must be positive, got {m.context_layers}")
     if m.context == "transformer" and m.context_dim % m.context_heads:

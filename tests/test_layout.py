@@ -119,7 +119,8 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 def room_rules() -> dict[str, set[str] | None]:
     """docs/architecture.md's module map: room -> the rooms it may import (None: every room)."""
     rules: dict[str, set[str] | None] = {}
-    for line in ARCHITECTURE.read_text().splitlines():
+    section = ARCHITECTURE.read_text().split("## Module map", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
         if not line.startswith("| `"):
             continue
         cells = [cell.strip() for cell in line.strip("|").split("|")]

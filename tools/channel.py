@@ -16,7 +16,9 @@ utterance with its own channel, in this order:
    it needs a room, a source and a microphone drawn per utterance, and its
    image-source response took 0.7 s at RT60 0.8 s (order 106) on a 2-core
    machine; the benchmark needs the decay and the direct-to-reverberant ratio,
-   which this model sets exactly.
+   which this model sets exactly. The response, the equalizer and the pink
+   noise are ``audiossl.data.channel_dsp``'s, which the training augmentation
+   (``augment: past | both``) uses too.
 2. Equalization: 2-4 RBJ biquads (peaking, low shelf, high shelf) with
    log-uniform frequency and Q and a uniform gain within +-``--eq-gain-db``,
    run through ``torchaudio.functional`` (``equalizer_biquad``, ``bass_biquad``,
@@ -52,19 +54,24 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16000
+# The signal processing is the package's, shared with the training augmentation (one implementation);
+# the names stay importable from here.
+from audiossl.data.channel_dsp import (  # noqa: F401
+    EQ_HEADROOM,
+    SAMPLE_RATE,
+    TAIL_ONSET_S,
+    Biquad,
+    draw_biquad,
+    equalize,
+    log_uniform,
+    pink_noise,
+    reverberate,
+    rms,
+    room_impulse_response,
+)
+
 NOISE_KINDS = ("white", "pink", "babble")
-FILTER_KINDS = ("peak", "low", "high")
-# Frequency (Hz) and Q ranges per filter kind, both drawn log-uniformly. Shelf
-# corners stay in the band each shelf is meant to tilt; Q 0.5-1.0 keeps the
-# shelves free of a large bump at the corner.
-FREQ_RANGES = {"peak": (100.0, 6000.0), "low": (60.0, 500.0), "high": (1500.0, 6000.0)}
-Q_RANGES = {"peak": (0.5, 4.0), "low": (0.5, 1.0), "high": (0.5, 1.0)}
-TAIL_ONSET_S = 0.0025  # delay of the reverberant tail after the direct path
 PEAK_LIMIT = 10.0 ** (-1.0 / 20.0)  # -1 dBFS
-# torchaudio's biquads clamp every stage to [-1, 1] (lfilter's clamp=True);
-# the cascade is linear, so it runs on a copy scaled to this peak and is scaled back.
-EQ_HEADROOM = 1e-4
 SIDECAR_COLUMNS = (
     "utt_id", "rt60_s", "drr_db", "eq", "gain_db", "noise", "snr_db", "babble",
     "noise_seed", "limiter_db",
@@ -84,16 +91,6 @@ class ChannelConfig:
     rt60_s: tuple[float, float] = (0.2, 0.8)  # reverberation time
     drr_db: tuple[float, float] = (0.0, 10.0)  # direct-to-reverberant energy ratio
     reverb_fraction: float = 1.0  # probability that an utterance is reverberant
-
-
-@dataclasses.dataclass(frozen=True)
-class Biquad:
-    """One equalizer stage; ``kind`` is ``peak``, ``low`` (shelf) or ``high`` (shelf)."""
-
-    kind: str
-    freq_hz: float
-    q: float
-    gain_db: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,22 +122,6 @@ def utterance_rng(seed: int, utt_id: str) -> np.random.Generator:
     """A generator that depends only on the seed and the utterance id."""
     digest = int.from_bytes(hashlib.sha256(utt_id.encode()).digest()[:8], "little")
     return np.random.default_rng([seed, digest])
-
-
-def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    """Draw from ``[low, high]`` uniformly on a log scale."""
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
-def draw_biquad(rng: np.random.Generator, max_gain_db: float) -> Biquad:
-    """Draw one equalizer stage."""
-    kind = str(rng.choice(FILTER_KINDS))
-    return Biquad(
-        kind=kind,
-        freq_hz=round(log_uniform(rng, *FREQ_RANGES[kind]), 1),
-        q=round(log_uniform(rng, *Q_RANGES[kind]), 3),
-        gain_db=round(float(rng.uniform(-max_gain_db, max_gain_db)), 2),
-    )
 
 
 def draw_channel(
@@ -193,63 +174,6 @@ def plan_channels(lengths: dict[str, int], seed: int, config: ChannelConfig) -> 
             sources = {u: n for u, n in lengths.items() if u != utt_id}
         draws.append(draw_channel(utterance_rng(seed, utt_id), utt_id, config, sources))
     return draws
-
-
-def room_impulse_response(rt60_s: float, drr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """The statistical room model of the module docstring, ``(samples,)``, direct path first."""
-    onset = int(round(TAIL_ONSET_S * SAMPLE_RATE))
-    length = max(int(round(rt60_s * SAMPLE_RATE)), onset + 1)
-    times = np.arange(onset, length) / SAMPLE_RATE
-    tail = rng.standard_normal(length - onset) * 10.0 ** (-3.0 * times / rt60_s)
-    tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / np.sum(tail**2))
-    response = np.zeros(length)
-    response[0] = 1.0
-    response[onset:] = tail
-    return response
-
-
-def reverberate(audio: np.ndarray, response: np.ndarray) -> np.ndarray:
-    """Convolve and cut to the input length (the direct path adds no delay)."""
-    import torch  # deferred: the clean corpus never needs torch
-    import torchaudio.functional as AF
-
-    wet = AF.fftconvolve(torch.from_numpy(audio), torch.from_numpy(response))
-    return wet[: len(audio)].numpy()
-
-
-def equalize(audio: np.ndarray, filters: tuple[Biquad, ...]) -> np.ndarray:
-    """Run the biquads in order with torchaudio (see ``EQ_HEADROOM``)."""
-    import torch  # deferred: the clean corpus never needs torch
-    import torchaudio.functional as AF
-
-    peak = float(np.max(np.abs(audio)))
-    if not filters or peak == 0.0:
-        return audio.copy()
-    scale = EQ_HEADROOM / peak
-    stages = {
-        "peak": lambda x, f: AF.equalizer_biquad(x, SAMPLE_RATE, f.freq_hz, f.gain_db, f.q),
-        "low": lambda x, f: AF.bass_biquad(x, SAMPLE_RATE, f.gain_db, f.freq_hz, f.q),
-        "high": lambda x, f: AF.treble_biquad(x, SAMPLE_RATE, f.gain_db, f.freq_hz, f.q),
-    }
-    signal = torch.from_numpy(audio * scale)
-    for stage in filters:
-        signal = stages[stage.kind](signal, stage)
-    return signal.numpy() / scale
-
-
-def rms(audio: np.ndarray) -> float:
-    """Root mean square over the whole signal."""
-    return float(np.sqrt(np.mean(np.square(audio))))
-
-
-def pink_noise(rng: np.random.Generator, length: int) -> np.ndarray:
-    """Gaussian noise with a ``1/f`` power spectrum (no DC), unit RMS."""
-    spectrum = np.fft.rfft(rng.standard_normal(length))
-    frequencies = np.fft.rfftfreq(length)
-    spectrum[0] = 0.0
-    spectrum[1:] /= np.sqrt(frequencies[1:])
-    noise = np.fft.irfft(spectrum, length)
-    return noise / rms(noise)
 
 
 def babble_noise(sources: list[np.ndarray], starts: list[int], length: int) -> np.ndarray:

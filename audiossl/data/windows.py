@@ -19,6 +19,10 @@ not stop a run: its window comes back marked with the error, and
 :func:`collate_windows` fills its place in the batch with another window of the
 same batch, so batch shapes and the step count stay as they were; the batch
 lists the failures under ``read_errors`` for the training loop to count.
+
+Each item carries its window's ``key`` (seed, epoch, place in the epoch's
+list), which seeds the window's augmentation (``augment: past | both``,
+:mod:`audiossl.data.augment`, whose collate runs after :func:`collate_windows`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from audiossl.data.corpus import Utterance
 class Window:
     utt_index: int
     start: int  # first sample, at the target rate
+    epoch: int = 0  # the epoch whose list holds it
+    index: int = 0  # its place in that list; with the epoch it names the window (its augmentation's seed)
 
 
 class WindowDataset(Dataset):
@@ -65,16 +71,19 @@ class WindowDataset(Dataset):
         for i, n in enumerate(self.lengths):
             count = max(1, n // self.window_samples)
             starts = rng.integers(0, n - self.window_samples + 1, size=count)
-            out.extend(Window(i, int(s)) for s in starts)
+            first = len(out)
+            out.extend(Window(i, int(s), epoch, first + j) for j, s in enumerate(starts))
         return out
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def __getitem__(self, window: Window) -> dict:
-        """The window's samples, or ``wav=None`` and ``error=(path, reason)`` if the file fails."""
+        """The window's samples, or ``wav=None`` and ``error=(path, reason)`` if the file fails; ``key``
+        (seed, epoch, index) names the window wherever it is read (its augmentation is seeded by it)."""
         utt = self.utterances[window.utt_index]
-        item = {"wav": None, "speaker": self.speaker_index[utt.speaker], "id": utt.id}
+        item = {"wav": None, "speaker": self.speaker_index[utt.speaker], "id": utt.id,
+                "key": (self.seed, window.epoch, window.index)}
         try:
             item["wav"] = read_audio(utt.path, self.sample_rate, window.start, self.window_samples)
         except AudioError as e:
@@ -91,12 +100,9 @@ def collate_windows(items: list[dict]) -> dict:
         window that failed). When no window of the batch could be read,
         ``wavs`` is None.
     """
-    good = [it for it in items if it["wav"] is not None]
-    errors = [it["error"] for it in items if it["wav"] is None]
-    if not good:
+    items, errors = fill_failed(items)
+    if items is None:
         return {"wavs": None, "read_errors": errors}
-    # Fill each failed slot with a readable window of the same batch (same speaker under same_speaker).
-    items = [it if it["wav"] is not None else good[i % len(good)] for i, it in enumerate(items)]
     wavs = torch.stack([it["wav"] for it in items])  # (B, T)
     return {
         "wavs": wavs,
@@ -105,6 +111,16 @@ def collate_windows(items: list[dict]) -> dict:
         "ids": [it["id"] for it in items],
         "read_errors": errors,
     }
+
+
+def fill_failed(items: list[dict]) -> tuple[list[dict] | None, list[tuple[str, str]]]:
+    """The batch's items with each failed slot filled by a readable window of the same batch (same speaker
+    under ``same_speaker``), or None when none could be read; and the failures' (path, reason)."""
+    good = [it for it in items if it["wav"] is not None]
+    errors = [it["error"] for it in items if it["wav"] is None]
+    if not good:
+        return None, errors
+    return [it if it["wav"] is not None else good[i % len(good)] for i, it in enumerate(items)], errors
 
 
 def epoch_batches(dataset: WindowDataset, epoch: int, batch_size: int, sampler: str,

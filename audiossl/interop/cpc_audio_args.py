@@ -229,6 +229,8 @@ def args_from_config(cfg: Config, where: str, objective: bool) -> tuple[dict[str
                      "effectively 1e-5 (C - 1) / C instead of 1e-5")
     if m.context_dropout and m.context_layers > 1 and m.context != "none":
         notes.append(f"context_dropout {m.context_dropout} (between recurrent layers, training only) is dropped")
+    if cfg.augment.augment != "none":
+        notes.append(f"augment: {cfg.augment.augment} is not carried: CPC_audio trains on the audio as it is")
     unlike = [(key, value, theirs) for key, value, theirs in (
         ("objective", o.objective, "cpc"), ("cpc_score", o.cpc_score, "bilinear"), ("cpc_loss", o.cpc_loss, "infonce"))
         if value != theirs]

@@ -80,7 +80,7 @@ class APCObjective(nn.Module):
         return cls(frames, model.context_dim, cfg.objective.apc_shift)
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        inputs, targets, lengths = self.frames.inputs(model, batch["wavs"], batch["lengths"])
+        inputs, targets, lengths = self.frames.from_batch(model, batch)
         z, lengths = self.frames.encode(model, inputs, lengths)
         if z.shape[1] <= self.shift:
             raise ValueError(f"{z.shape[1]} frames per window, but apc_shift={self.shift}: use longer windows")

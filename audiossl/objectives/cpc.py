@@ -12,6 +12,12 @@ batch``, ``--samplingType samesequence`` = ``cpc_negative_policy: sequence``.
 Predictions are made for ``t < frames - K`` at every step, as CPC_audio does.
 Negatives are drawn from this rank's batch only.
 
+With ``augment: past`` (Kharitonov et al. 2020, WavAugment's ``--augment_past``)
+the batch also holds the augmented windows (``augmented_wavs``): the encoder
+runs on both, in two calls (a batch-norm encoder normalizes each by its own
+statistics), the context network reads the augmented audio's encoding and the
+positives and negatives are the clean audio's ``z``.
+
 Predictors (``cpc_predictor``): ``bilinear``, one ``W_k`` per step without
 bias, as in the paper and CPC_audio's ``--rnnMode linear`` (CPC_audio scores
 with the mean over dimensions instead of the sum: a fixed scale); or
@@ -178,7 +184,10 @@ class CPCObjective(nn.Module):
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z, lengths = model.encode(batch["wavs"], batch["lengths"])
-        layers, _ = model.contextualize(z, lengths)
+        past = z
+        if "augmented_wavs" in batch:  # augment: past: the context reads the augmented audio, the targets stay z
+            past, _ = model.encode(batch["augmented_wavs"], batch["lengths"])
+        layers, _ = model.contextualize(past, lengths)
         frames = z.shape[1]
         if frames <= self.num_steps:
             raise ValueError(f"{frames} frames per window, but cpc_steps={self.num_steps}: use longer windows")

@@ -242,7 +242,7 @@ class MPCObjective(nn.Module):
         return cls(frames, model.context_dim, masker, o.mpc_head)
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        inputs, targets, lengths = self.frames.inputs(model, batch["wavs"], batch["lengths"])
+        inputs, targets, lengths = self.frames.from_batch(model, batch)
         if inputs.shape[1] < self.masker.span:
             raise ValueError(f"{inputs.shape[1]} frames per window, fewer than mpc_span={self.masker.span}")
         corrupted, masking = self.masker(inputs, lengths)

@@ -110,7 +110,7 @@ class NPCObjective(nn.Module):
         return self.postnet(representation), onehot
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        inputs, targets, lengths = self.frames.inputs(model, batch["wavs"], batch["lengths"])
+        inputs, targets, lengths = self.frames.from_batch(model, batch)
         z, lengths = self.frames.encode(model, inputs, lengths)
         layers, _ = model.contextualize(z, lengths)
         predictions, onehot = self.predict(layers[-1])

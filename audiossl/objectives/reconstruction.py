@@ -88,9 +88,13 @@ class LogMelTargets(nn.Module):
             raise ConfigError(f"the reconstruction objectives support frontend logmel or waveform, "
                               f"not {type(model.frontend).__name__}")
 
-    def inputs(self, model: nn.Module, wavs: torch.Tensor, lengths: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def inputs(self, model: nn.Module, wavs: torch.Tensor, lengths: torch.Tensor,
+               target_wavs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch, samples) -> frames to corrupt or encode, log-mel targets, frame lengths.
+
+        Args:
+            target_wavs: where the targets come from when they are not ``wavs``' own: the clean windows
+                when ``wavs`` are augmented (``augment: past``), of the same shape.
 
         Returns:
             ``inputs`` (batch, frames, dim): log-mel frames, or encoder frames
@@ -99,13 +103,25 @@ class LogMelTargets(nn.Module):
         """
         if wavs.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(wavs.shape)}")
+        if target_wavs is not None and target_wavs.shape != wavs.shape:
+            raise ValueError(f"target waveforms of shape {tuple(target_wavs.shape)} for inputs of shape "
+                             f"{tuple(wavs.shape)}")
         if self.target_frontend is None:
             feats, frame_lengths = model.frontend(wavs, lengths)
-            return feats, feats.detach(), frame_lengths
+            targets = feats if target_wavs is None else model.frontend(target_wavs, lengths)[0]
+            return feats, targets.detach(), frame_lengths
         z, frame_lengths = model.encode(wavs, lengths)
-        targets, target_lengths = self.target_frontend(wavs, lengths)
+        targets, target_lengths = self.target_frontend(wavs if target_wavs is None else target_wavs, lengths)
         frames = min(z.shape[1], targets.shape[1])
         return z[:, :frames], targets[:, :frames].detach(), torch.minimum(frame_lengths, target_lengths)
+
+    def from_batch(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`inputs` of a training batch: with ``augmented_wavs`` (``augment: past``) the inputs are
+        the augmented windows and the targets the clean ones' (``wavs``)."""
+        augmented = batch.get("augmented_wavs")
+        if augmented is None:
+            return self.inputs(model, batch["wavs"], batch["lengths"])
+        return self.inputs(model, augmented, batch["lengths"], target_wavs=batch["wavs"])
 
     def encode(self, model: nn.Module, inputs: torch.Tensor, lengths: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

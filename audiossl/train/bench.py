@@ -7,15 +7,19 @@ of the forward pass (heads, negative sampling, scores, loss), then
 the loss and gradient norm, AdamW and the schedule). The model, objective,
 optimizer and step are built and run by the training loop's own functions,
 so the bench times the step ``train`` runs. Figures are medians over the
-timed steps.
+timed steps. With ``augment: past`` the batch also holds a second random
+window per row, as the augmented audio, so the step pays the encoder's
+second pass (its augmentation is the loader's, timed below).
 Compiled (``compile: true``), the forward is one graph and is timed whole:
 hooks inside it would split the graph and time its tracing, not its run.
 
 The loader's rate (:func:`loader_benchmark`) is what ``train``'s own
 ``BatchStream`` (``WindowDataset`` windows, ``epoch_batches``,
 ``collate_windows``, a ``DataLoader`` per epoch) delivers from a corpus with
-no model behind it, per worker count: set beside the step's audio seconds
-per second, it says whether the loader or the model bounds training.
+no model behind it, per worker count, the augmentation included when
+``augment`` is on (it runs in the loader's workers): set beside the step's
+audio seconds per second, it says whether the loader or the model bounds
+training.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 
 from audiossl.config import Config
+from audiossl.data.augment import AUGMENTED
 from audiossl.data.corpus import CorpusError, load_corpus
 from audiossl.data.windows import WindowDataset
 from audiossl.runtime import (
@@ -75,6 +80,8 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
         "lengths": torch.full((batch_size,), window, device=dev),
         "speakers": torch.zeros(batch_size, dtype=torch.long, device=dev),
     }
+    if cfg.augment.augment == "past":  # the step encodes the clean and the augmented windows
+        batch[AUGMENTED] = 0.1 * torch.randn(batch_size, window, device=dev)
 
     model_time = [0.0]
     starts: dict[int, float] = {}
@@ -127,7 +134,7 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
     result.update(first_step=first_step, compiled=compiled, device=str(dev), threads=torch.get_num_threads(),
                   machine=describe_machine(dev), precision=resolve_precision(cfg.train.precision, dev).describe(),
                   batch_size=batch_size, window_samples=window, objective_name=cfg.objective.objective,
-                  steps=steps, parameters=sum(p.numel() for p in module.parameters()))
+                  augment=cfg.augment.augment, steps=steps, parameters=sum(p.numel() for p in module.parameters()))
     return result
 
 
@@ -135,7 +142,8 @@ def format_result(result: dict) -> str:
     lines = [
         f"machine: {result['machine']}",
         result["precision"],
-        f"objective {result['objective_name']}  device {result['device']}  threads {result['threads']}  "
+        f"objective {result['objective_name']}{augment_label(result.get('augment', 'none'))}  "
+        f"device {result['device']}  threads {result['threads']}  "
         f"batch {result['batch_size']} x {result['window_samples']} samples  "
         f"parameters {result['parameters']:,}  {'compiled  ' if result['compiled'] else ''}"
         f"median of {result['steps']} steps",
@@ -198,13 +206,19 @@ def loader_benchmark(cfg: Config, data: str | Path, workers: list[int], seconds:
                      "audio_seconds_per_second": windows_per_second * window_seconds})
     return {"workers": rows, "utterances": len(dataset.utterances), "data": str(data),
             "batch_size": cfg.train.batch_size, "window_samples": cfg.data.window_samples,
-            "sampler": cfg.data.sampler}
+            "sampler": cfg.data.sampler, "augment": cfg.augment.augment}
+
+
+def augment_label(mode: str) -> str:
+    """``", augment: past"`` for a line that names the setting, nothing when augmentation is off."""
+    return "" if mode == "none" else f", augment: {mode}"
 
 
 def format_loader(result: dict, model_rate: float | None = None) -> str:
     """One line per worker count; with ``model_rate`` (the step's audio-s/s), how many times it that is."""
     lines = [f"loader {result['data']}: {result['utterances']} utterances, {result['sampler']} sampler, "
-             f"batch {result['batch_size']} x {result['window_samples']} samples"]
+             f"batch {result['batch_size']} x {result['window_samples']} samples"
+             f"{augment_label(result.get('augment', 'none'))}"]
     for row in result["workers"]:
         line = (f"  {row['num_workers']} worker(s)  {row['windows_per_second']:9.1f} windows/s  "
                 f"{row['audio_seconds_per_second']:9.1f} audio-s/s  ({row['batches']} batches in "

@@ -7,7 +7,8 @@ Rank r reads batches r, r + world, ... of each epoch. A file that fails later
 has its windows replaced within their batch; the failures are gathered from
 every rank at each log window (:meth:`BatchStream.collect_read_errors`) and
 logged in ``read_errors.tsv``; ``MAX_UNREADABLE_BATCHES`` batches in a row
-without a readable window stop the run.
+without a readable window stop the run. With ``augment: past | both`` the
+DataLoader's workers also augment every window (:mod:`audiossl.data.augment`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from audiossl.config import Config
+from audiossl.data.augment import build_collate
 from audiossl.data.corpus import CorpusError, Problem, drop_unreadable, load_corpus
-from audiossl.data.windows import WindowDataset, collate_windows, epoch_batches
+from audiossl.data.windows import WindowDataset, epoch_batches
 from audiossl.runtime import Distributed, TrainingError
 from audiossl.utils.stopping import ignore_in_worker
 
@@ -106,7 +108,9 @@ class BatchStream:
         # own generator; a resumed run opens one more iterator than an
         # uninterrupted run and would then sample other CPC negatives.
         generator = torch.Generator().manual_seed(self.cfg.train.seed)
-        loader = DataLoader(self.dataset, batch_sampler=batches[self.position:], collate_fn=collate_windows,
+        # collate_windows, or (augment: past | both) the augmentation after it, on the workers.
+        collate = build_collate(self.cfg.augment, self.cfg.data.sample_rate)
+        loader = DataLoader(self.dataset, batch_sampler=batches[self.position:], collate_fn=collate,
                             num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
                             prefetch_factor=4 if workers else None, generator=generator,
                             worker_init_fn=ignore_in_worker if workers else None)
