@@ -6,6 +6,9 @@ list of settings, and ``key=value`` overrides on the command line use the same
 names. A ``preset`` key applies a named preset first; the file's other keys and
 then the command-line overrides win over it. Unknown keys, type mismatches and
 impossible combinations are errors raised before any work starts.
+A setting with a fixed set of values is typed ``Literal[...]``, the one place
+its choices are written; :func:`audiossl.settings.check_choices` reads them
+from the type.
 
 The sections are this module's data, model and train dataclasses, the
 augment section (:class:`audiossl.data.augment.AugmentConfig`, the training
@@ -24,7 +27,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # ConfigError, load_config_file and parse_overrides are re-exported: callers import them from here.
 from audiossl.data.augment import AugmentConfig
@@ -32,8 +35,8 @@ from audiossl.objectives import OBJECTIVES
 from audiossl.settings import (  # noqa: F401
     MAX_SEED,
     ConfigError,
+    check_choices,
     check_seed,
-    choice,
     coerce,
     load_config_file,
     non_negative,
@@ -48,25 +51,28 @@ from audiossl.settings import (  # noqa: F401
 class DataConfig:
     sample_rate: int = 16000  # audio is resampled to this rate on load
     window_samples: int = 20480  # training crop length (20480 = 128 frames of 10 ms)
-    sampler: str = "uniform"  # uniform | same_speaker (every window of a batch from one speaker)
+    sampler: Literal["uniform", "same_speaker"] = "uniform"  # same_speaker: every window of a batch from one speaker
     speaker_level: int = -1  # folder level naming the speaker in non-LibriSpeech trees (-1: parent)
     num_workers: int = 2  # DataLoader worker processes
 
 
 @dataclass
 class ModelConfig:
-    frontend: str = "waveform"  # waveform | logmel
+    frontend: Literal["waveform", "logmel"] = "waveform"  # what the encoder reads
     n_mels: int = 80  # log-mel bins (frontend=logmel)
     cmvn: bool = False  # per-utterance mean/variance normalization of the input (log-mel bins or waveform samples)
     encoder_channels: int = 256  # conv channels (CPC paper 512, CPC_audio 256)
     encoder_kernels: list[int] = field(default_factory=lambda: [10, 8, 4, 4, 4])  # one per conv
     encoder_strides: list[int] = field(default_factory=lambda: [5, 4, 2, 2, 2])  # product = hop
     encoder_paddings: list[int] = field(default_factory=lambda: [3, 2, 1, 1, 1])  # CPC_audio's
-    encoder_norm: str = "channel"  # batch (paper) | channel (per-frame) | channel_unbiased (CPC_audio's exact) | none
-    encoder_init: str = "default"  # default (PyTorch's) | filterbank (first conv: mel-spaced Gabor band-pass pairs)
-    encoder_first: str = "conv"  # conv (conv, norm, ReLU) | log_envelope (first conv's channel pairs -> log band power)
+    # batch (paper), channel (per frame), channel_unbiased (CPC_audio's exact), none
+    encoder_norm: Literal["batch", "channel", "channel_unbiased", "none"] = "channel"
+    # default (PyTorch's), filterbank (first conv: mel-spaced Gabor band-pass pairs)
+    encoder_init: Literal["default", "filterbank"] = "default"
+    # conv (conv, norm, ReLU), log_envelope (first conv's channel pairs -> log band power)
+    encoder_first: Literal["conv", "log_envelope"] = "conv"
     encoder_envelope_pool: int = 1  # log_envelope: odd count of first-conv frames whose band power is averaged
-    context: str = "gru"  # gru | lstm | transformer | none | npc (masked-conv blocks, NPC)
+    context: Literal["gru", "lstm", "transformer", "none", "npc"] = "gru"  # npc: NPC's masked-conv blocks
     context_dim: int = 256  # hidden size of the context network
     context_layers: int = 1  # recurrent or Transformer layers
     context_residual: bool = False  # residual connections between recurrent layers (APC)
@@ -89,7 +95,7 @@ class TrainConfig:
     lr: float = 2e-4  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup_steps: int = 100  # linear warm-up from 0 to lr
-    decay: str = "cosine"  # cosine | linear | constant, after warm-up
+    decay: Literal["cosine", "linear", "constant"] = "cosine"  # the schedule after warm-up
     clip_grad: float = 1.0  # max gradient norm (0 disables)
     accumulate: int = 1  # micro-batches per optimizer step
     seed: int = 1  # base seed; each DDP rank adds its rank
@@ -99,7 +105,8 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     max_minutes: float = 0.0  # wall-time budget of one run: checkpoint and stop after it (0: none)
     compile: bool = False  # torch.compile the model and objective (first steps pay the compilation)
-    precision: str = "auto"  # auto (bf16 autocast on CUDA and CPUs with native bf16, else fp32) | fp32 | bf16
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @functools.cache
@@ -249,26 +256,20 @@ def settings_help(cls: type, base: Any = None) -> str:
 def validate(cfg: Config) -> None:
     """Reject impossible values, one line each, before any work starts."""
     d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
-    choice("sampler", d.sampler, ("uniform", "same_speaker"))
-    choice("frontend", m.frontend, ("waveform", "logmel"))
-    choice("encoder_norm", m.encoder_norm, ("batch", "channel", "channel_unbiased", "none"))
-    choice("encoder_init", m.encoder_init, ("default", "filterbank"))
+    for section in (d, m, t):  # each Literal field's value against its type (the objectives check their own)
+        check_choices(section)
     if m.encoder_init == "filterbank" and (m.frontend != "waveform" or not m.encoder_kernels
                                            or m.encoder_kernels[0] < 32):
         raise ConfigError("encoder_init: filterbank needs frontend: waveform and a first conv kernel of at least "
                           f"32 samples (got encoder_kernels={m.encoder_kernels})")
-    choice("encoder_first", m.encoder_first, ("conv", "log_envelope"))
     if m.encoder_first == "log_envelope" and (m.frontend != "waveform" or not m.encoder_kernels
                                               or m.encoder_channels % 2):
         raise ConfigError("encoder_first: log_envelope needs frontend: waveform, at least one conv and an even "
                           f"encoder_channels (got {m.encoder_channels})")
     if m.encoder_envelope_pool < 1 or m.encoder_envelope_pool % 2 == 0:
         raise ConfigError(f"encoder_envelope_pool must be an odd number of frames, got {m.encoder_envelope_pool}")
-    choice("context", m.context, ("gru", "lstm", "transformer", "none", "npc"))
-    choice("decay", t.decay, ("cosine", "linear", "constant"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):
         raise ConfigError(f"config key 'device': {t.device!r} is not one of auto, cpu, cuda, cuda:N")
-    choice("precision", t.precision, ("auto", "fp32", "bf16"))
     if not (len(m.encoder_kernels) == len(m.encoder_strides) == len(m.encoder_paddings)):
         raise ConfigError("encoder_kernels, encoder_strides and encoder_paddings need the same length")
     positive({

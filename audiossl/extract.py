@@ -20,7 +20,8 @@ extraction into the folder waits for it), so it can remove the temporary files
 a killed run left, and it never writes through a
 folder symlink that leads out of ``OUT``.
 
-Utterances are batched by length, at most ``batch_size`` of them and at most ``batch_seconds`` of padded audio
+How it runs is one :class:`ExtractOptions`. Utterances are batched by length
+(:mod:`audiossl.data.utterance_batches`), at most ``batch_size`` of them and at most ``batch_seconds`` of padded audio
 per forward pass, so a long file goes alone instead of padding its neighbours to its length; a padded batch gives
 the features of per-utterance runs. Long files can be cut into chunks of ``chunk_seconds``: each chunk is encoded
 with a margin of the receptive field on both sides and the recurrent state is carried from chunk to chunk, so the
@@ -44,16 +45,17 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from audiossl.data.alignments import load_split
-from audiossl.data.audio import AudioError, read_audio
 from audiossl.data.corpus import Utterance, load_corpus
+from audiossl.data.utterance_batches import AudioFiles, collate_files, length_batches
 from audiossl.features import (
     FORMATS,
     INDEX,
@@ -78,7 +80,8 @@ from audiossl.utils.lock import FolderLock
 from audiossl.utils.stopping import ignore_in_worker, stop_point, stop_requested
 
 # FeatureError and FeatureSet are re-exported: probes and reports import them from here.
-__all__ = ["FeatureError", "FeatureSet", "extract", "forward_chunked", "open_source", "select_utterances"]
+__all__ = ["ExtractOptions", "FeatureError", "FeatureSet", "extract", "forward_chunked", "open_source",
+           "select_utterances"]
 
 DTYPES = ("float32", "float16")
 
@@ -137,34 +140,6 @@ def open_source(checkpoint: str | Path | None = None, baseline: str | None = Non
 
     model, source = open_model(checkpoint, device)  # its digest: a retrained model's re-run is refused, not mixed
     return model, {name: name for name in layers}, source
-
-
-class _AudioFiles(Dataset):
-    """Decoded audio by index; a file that cannot be decoded gives its error message instead."""
-
-    def __init__(self, utterances: list[Utterance], sample_rate: int):
-        self.utterances, self.sample_rate = utterances, sample_rate
-
-    def __len__(self) -> int:
-        return len(self.utterances)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
-        try:
-            return index, read_audio(self.utterances[index].path, self.sample_rate)
-        except AudioError as e:  # deleted or truncated since the scan: skipped, not fatal
-            return index, str(e)
-
-
-def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], torch.Tensor, torch.Tensor,
-                                                                  list[tuple[int, str]]]:
-    """Pad the decoded items into a batch; the failed ones are returned apart."""
-    failed = [(index, item) for index, item in items if isinstance(item, str)]
-    items = [(index, item) for index, item in items if not isinstance(item, str)]
-    lengths = torch.tensor([wav.numel() for _, wav in items], dtype=torch.long)
-    wavs = torch.zeros(len(items), int(lengths.max()) if items else 0)  # (B, T)
-    for row, (_, wav) in enumerate(items):
-        wavs[row, : wav.numel()] = wav
-    return [index for index, _ in items], wavs, lengths, failed
 
 
 def _check_chunkable(model: SSLModel, layers: Sequence[str]) -> None:
@@ -228,19 +203,6 @@ def forward_chunked(model: SSLModel, wavs: torch.Tensor, lengths: torch.Tensor, 
     return {name: torch.cat(chunks, dim=1) for name, chunks in pieces.items()}, frame_lengths
 
 
-def length_batches(seconds: Sequence[float], batch_size: int, batch_seconds: float) -> list[list[int]]:
-    """Indices of ``seconds`` (sorted longest first) cut into batches of at most ``batch_size`` items
-    and at most ``batch_seconds`` of padded audio (items x the longest); a longer item goes alone."""
-    batches: list[list[int]] = []
-    for index, length in enumerate(seconds):
-        if batches and len(batches[-1]) < batch_size and \
-                (len(batches[-1]) + 1) * seconds[batches[-1][0]] <= batch_seconds:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
-    return batches
-
-
 def _prepare_folder(folder: Path, meta: dict) -> None:
     """Refuse a folder made by something else; start this run's bookkeeping."""
     meta_path = folder / META
@@ -255,11 +217,31 @@ def _prepare_folder(folder: Path, meta: dict) -> None:
     atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode() + b"\n"))
 
 
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How :func:`extract` reads, batches and writes (``audiossl extract`` sets them from its flags)."""
+    root: str | Path | None = None  # the corpus folder the output tree mirrors; None: the files' common parent
+    file_format: str = "npy"  # npy, or npz (compressed)
+    batch_size: int = 8  # most utterances per forward pass (sorted by length)
+    batch_seconds: float = 160.0  # most padded audio per forward pass (utterances x the longest); longer: alone
+    chunk_seconds: float = 0.0  # longest stretch of audio encoded at once; 0: whole files
+    dtype: str = "float32"  # float32 or float16 arrays on disk
+    device: str | torch.device = "cpu"  # where the model runs
+    num_workers: int = 0  # DataLoader processes decoding audio
+    progress: bool = True  # a progress bar
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES or self.file_format not in FORMATS:
+            raise FeatureError(f"dtype {self.dtype!r} and format {self.file_format!r} must be one of "
+                               f"{', '.join(DTYPES)} and one of {', '.join(FORMATS)}")
+        if self.batch_size <= 0 or self.chunk_seconds < 0 or self.batch_seconds <= 0:
+            raise FeatureError(f"batch_size and batch_seconds must be positive and chunk_seconds non-negative, "
+                               f"got {self.batch_size}, {self.batch_seconds} and {self.chunk_seconds}")
+
+
 def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
-            layers: Mapping[str, str] | Sequence[str] = ("context",), source: dict | None = None, *,
-            root: str | Path | None = None, file_format: str = "npy", batch_size: int = 8,
-            chunk_seconds: float = 0.0, dtype: str = "float32", device: str | torch.device = "cpu",
-            num_workers: int = 0, progress: bool = True, batch_seconds: float = 160.0) -> dict[str, FeatureSet]:
+            layers: Mapping[str, str] | Sequence[str] = ("context",), source: dict | None = None,
+            options: ExtractOptions = ExtractOptions()) -> dict[str, FeatureSet]:
     """Write the features of ``utterances`` to ``out_dir``, one folder per layer.
 
     Args:
@@ -271,27 +253,13 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
         source: what made the model (``{"checkpoint": path, "sha256": ...}``
             or ``{"baseline": name}``, see :func:`open_source`); stored in
             ``meta.json`` and compared on re-runs.
-        root: the corpus folder the output tree mirrors; None: the common
-            parent folder of the audio files.
-        file_format: ``npy`` or ``npz`` (compressed).
-        batch_size: most utterances per forward pass (sorted by length).
-        chunk_seconds: longest stretch of audio encoded at once; 0: whole files.
-        batch_seconds: most padded audio per forward pass (utterances x the
-            longest of them); a longer file is encoded alone.
-        dtype: ``float32`` or ``float16`` arrays on disk.
-        device: where the model runs.
-        num_workers: DataLoader processes decoding audio.
+        options: the output tree's root, file format and dtype, batching,
+            chunking, device, workers, progress bar.
 
     Returns:
         ``{folder name: FeatureSet}``; files that failed to decode are named
         on stderr and absent from every set.
     """
-    if dtype not in DTYPES or file_format not in FORMATS:
-        raise FeatureError(f"dtype {dtype!r} and format {file_format!r} must be one of {', '.join(DTYPES)} "
-                           f"and one of {', '.join(FORMATS)}")
-    if batch_size <= 0 or chunk_seconds < 0 or batch_seconds <= 0:
-        raise FeatureError(f"batch_size and batch_seconds must be positive and chunk_seconds non-negative, "
-                           f"got {batch_size}, {batch_seconds} and {chunk_seconds}")
     if not utterances:
         raise FeatureError("no utterances to extract")
     layers = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
@@ -300,38 +268,43 @@ def extract(model: SSLModel, utterances: list[Utterance], out_dir: str | Path,
     unknown = sorted(set(layers.values()) - set(model.layer_names))
     if unknown:
         raise FeatureError(f"unknown layer(s) {unknown}; this model has {', '.join(model.layer_names)}")
-    relative = relative_paths(utterances, root, file_format)  # refuses escapes before anything is written
+    relative = relative_paths(utterances, options.root, options.file_format)  # refuses escapes before any write
     # Absolute paths: the folder's manifest must stay valid wherever it is read from.
     utterances = [dataclasses.replace(u, path=str(Path(u.path).resolve())) for u in utterances]
-    device = torch.device(device)
-    model = model.to(device).eval()
-    chunk_frames = round(chunk_seconds * model.frame_rate)
+    options = dataclasses.replace(options, device=torch.device(options.device))
+    model = model.to(options.device).eval()
+    chunk_frames = round(options.chunk_seconds * model.frame_rate)
     if chunk_frames and isinstance(model, SSLModel):
         _check_chunkable(model, list(layers.values()))
 
     out_dir, source = Path(out_dir), source or {}
     with FolderLock(out_dir, "audiossl extract", wait=True):  # a concurrent extraction finishes first
-        return _extract(model, utterances, out_dir, layers, source, relative, file_format, batch_size,
-                        batch_seconds, chunk_frames, dtype, device, num_workers, progress)
+        folders = _prepare_folders(model, out_dir, layers, source, relative, options, chunk_frames)
+        return _extract(model, utterances, out_dir, folders, layers, source, relative, options, chunk_frames)
 
 
-def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers: dict[str, str], source: dict,
-             relative: dict[str, PurePath], file_format: str, batch_size: int, batch_seconds: float,
-             chunk_frames: int, dtype: str, device: torch.device, num_workers: int,
-             progress: bool) -> dict[str, FeatureSet]:
+def _prepare_folders(model: SSLModel, out_dir: Path, layers: dict[str, str], source: dict,
+                     relative: dict[str, PurePath], options: ExtractOptions, chunk_frames: int) -> dict[str, Path]:
+    """Each layer's folder, checked (inside ``out_dir``, made with these settings) and cleaned of a killed run's
+    temporary files (the lock keeps out live writers)."""
     folders = {name: out_dir / name for name in layers}
     check_inside(out_dir, folders, relative)
-    dims = {name: model.named_outputs()[layer] for name, layer in layers.items()}
-    for folder in folders.values():  # a killed run's temporary files; the lock keeps out live writers
+    for folder in folders.values():
         remove_stale_temps(folder, recursive=True)
     for name, layer in layers.items():
         _prepare_folder(folders[name], {
-            "version": VERSION, "layer": layer, "source": source, "dim": dims[name], "frame_rate": model.frame_rate,
-            "hop": model.hop, "sample_rate": model.sample_rate, "dtype": dtype, "format": file_format,
+            "version": VERSION, "layer": layer, "source": source, "dim": model.named_outputs()[layer],
+            "frame_rate": model.frame_rate, "hop": model.hop, "sample_rate": model.sample_rate,
+            "dtype": options.dtype, "format": options.file_format,
             **({} if getattr(model, "chunks_exactly", True) else {"chunk_seconds": chunk_frames / model.frame_rate}),
         })
+    return folders
 
-    # Resume: an utterance is done when every layer's array is readable and made from the audio as it is now.
+
+def _already_done(utterances: list[Utterance], folders: dict[str, Path], relative: dict[str, PurePath]
+                  ) -> tuple[dict[str, int], dict[str, str], list[str]]:
+    """Resume: the frames of each utterance whose every layer's array is readable and made from the audio as it
+    is now, each utterance's audio stamp, and the utterances whose arrays are there but stale or partial."""
     recorded = {name: read_sources(folder) for name, folder in folders.items()}
     num_frames: dict[str, int] = {}
     stamps: dict[str, str] = {}
@@ -344,14 +317,24 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
             num_frames[u.id] = stored.pop()
         elif stored != {None}:
             redone.append(u.id)
+    return num_frames, stamps, redone
+
+
+def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, folders: dict[str, Path],
+             layers: dict[str, str], source: dict, relative: dict[str, PurePath], options: ExtractOptions,
+             chunk_frames: int) -> dict[str, FeatureSet]:
+    device = options.device
+    num_frames, stamps, redone = _already_done(utterances, folders, relative)
     reused = len(num_frames)
     pending = sorted((u for u in utterances if u.id not in num_frames), key=lambda u: -u.num_samples / u.sample_rate)
-    batches = length_batches([u.num_samples / u.sample_rate for u in pending], batch_size, batch_seconds)
+    batches = length_batches([u.num_samples / u.sample_rate for u in pending], options.batch_size,
+                             options.batch_seconds)
     journals = {name: open(folder / SOURCES, "a") for name, folder in folders.items()}
-    loader = DataLoader(_AudioFiles(pending, model.sample_rate), batch_sampler=batches, collate_fn=_collate,
-                        num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_in_worker)
+    loader = DataLoader(AudioFiles(pending, model.sample_rate), batch_sampler=batches, collate_fn=collate_files,
+                        num_workers=options.num_workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=ignore_in_worker)
     bar = tqdm(total=len(utterances), initial=len(num_frames), desc=f"extract {out_dir.name}", unit="utt",
-               disable=not progress, dynamic_ncols=True)
+               disable=not options.progress, dynamic_ncols=True)
     failed, audio_seconds, began = [], 0.0, time.perf_counter()
     for indices, wavs, lengths, failures in loader:
         for index, message in failures:
@@ -364,8 +347,8 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
             for row, index in enumerate(indices):
                 utt, frames = pending[index], int(frame_lengths[row])
                 for name, folder in folders.items():
-                    array = np.ascontiguousarray(arrays[name][row, :frames], dtype=dtype)
-                    save = ((lambda f: np.savez_compressed(f, **{NPZ_KEY: array})) if file_format == "npz"
+                    array = np.ascontiguousarray(arrays[name][row, :frames], dtype=options.dtype)
+                    save = ((lambda f: np.savez_compressed(f, **{NPZ_KEY: array})) if options.file_format == "npz"
                             else (lambda f: np.save(f, array)))
                     atomic_write(feature_path(folder, relative[utt.id], utt.id), save)
                     journals[name].write(f"{utt.id}\t{stamps[utt.id]}\n")
@@ -393,6 +376,6 @@ def _extract(model: SSLModel, utterances: list[Utterance], out_dir: Path, layers
         tqdm.write(f"{len(failed)} of {len(utterances)} file(s) failed to decode and were skipped "
                    f"(e.g. {', '.join(failed[:3])}); running again retries them", file=sys.stderr)
     for name, folder in folders.items():
-        write_index(folder, done, relative, num_frames, dims[name], f"{model.frame_rate:g}", layers[name], source)
+        write_index(folder, done, relative, num_frames, model.named_outputs()[layers[name]],
+                    f"{model.frame_rate:g}", layers[name], source)
     return {name: FeatureSet(folder) for name, folder in folders.items()}
-

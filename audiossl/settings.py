@@ -8,6 +8,8 @@ the command line), a value of the wrong type, and a number that is not finite (`
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import types
 import typing
@@ -18,7 +20,7 @@ import yaml
 
 from audiossl.errors import UserError
 
-__all__ = ["ConfigError", "coerce", "load_config_file", "parse_overrides"]
+__all__ = ["ConfigError", "check_choices", "choices_of", "coerce", "load_config_file", "parse_overrides"]
 
 
 class ConfigError(UserError, ValueError):
@@ -33,6 +35,8 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
             return None
         (typ,) = [t for t in typing.get_args(typ) if t is not type(None)]
         origin = typing.get_origin(typ)
+    if origin is typing.Literal:  # its values are checked with the section's other values (check_choices)
+        typ = type(typing.get_args(typ)[0])
     if origin is tuple:  # tuple[X, ...]: written as a list
         return tuple(coerce(key, value, list[typing.get_args(typ)[0]]))
     if origin is list:
@@ -147,6 +151,32 @@ def choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     """Refuse a value of ``key`` that is not one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}")
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[str, ...]]:
+    """The fields of the dataclass ``cls`` typed ``Literal[...]``, with the values each allows."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
+            if typing.get_origin(hints[f.name]) is typing.Literal}
+
+
+def choices_of(cls: type, name: str) -> tuple[str, ...]:
+    """The values the ``Literal[...]`` field ``name`` of the dataclass ``cls`` allows: the type is the one
+    place a setting's choices are written."""
+    return _literal_fields(cls)[name]
+
+
+def check_choices(instance: Any, owner: type | None = None) -> None:
+    """Refuse, as :func:`choice` does, the first field typed ``Literal[...]`` whose value is not one of its values.
+
+    Args:
+        instance: a dataclass instance (a config section).
+        owner: the dataclass whose ``Literal`` fields are checked on ``instance`` (an objective's ``Settings``
+            on the joined objective section); None: ``instance``'s own class.
+    """
+    for name, allowed in _literal_fields(owner or type(instance)).items():
+        choice(name, getattr(instance, name), allowed)
 
 
 def positive(values: dict[str, float]) -> None:

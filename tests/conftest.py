@@ -97,12 +97,13 @@ def tiny_overrides() -> dict:
 @pytest.fixture
 def mfcc_features(tiny_corpus, tmp_path) -> Path:
     """MFCC of the tiny corpus (12 utterances, about 100 frames each) as an extraction folder."""
-    from audiossl.extract import extract, select_utterances
+    from audiossl.extract import ExtractOptions, extract, select_utterances
     from audiossl.models.baselines import build_baseline
 
     utterances, _ = select_utterances(tiny_corpus, progress=False)
     out = tmp_path / "features"
-    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"}, progress=False)
+    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"},
+            ExtractOptions(progress=False))
     return out
 
 

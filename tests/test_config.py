@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 from audiossl.config import (
@@ -11,6 +13,7 @@ from audiossl.config import (
     build_config,
     build_settings,
     check_window,
+    fields_by_key,
     parse_overrides,
     settings_help,
     validate,
@@ -245,3 +248,29 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
         build_config(path)
     assert str(error.value) == (f"{path}: not a UTF-8 text file (byte 0xe9 at offset 13); config files are YAML "
                                 "text")
+
+
+def literal_keys() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(key, section, allowed values) of every config key typed ``Literal[...]``."""
+    return [(key, section, typing.get_args(typ)) for key, (section, typ) in fields_by_key().items()
+            if typing.get_origin(typ) is typing.Literal]
+
+
+def test_choices_are_read_from_the_literal_types():
+    keys = {key for key, _, _ in literal_keys()}
+    assert {"sampler", "frontend", "encoder_norm", "context", "decay", "precision", "augment",
+            "cpc_negative_policy", "cpc_loss", "mpc_head"} <= keys
+    for key, section, allowed in literal_keys():
+        overrides = {key: "bogus"}
+        if section == "objective":  # an objective's keys are checked when it is the one chosen
+            overrides["objective"] = key.split("_")[0]
+            if overrides["objective"] == "mpc":
+                overrides.update(context="transformer", context_causal="false")
+        with pytest.raises(ConfigError) as raised:
+            build_config(overrides=overrides)
+        assert str(raised.value) == f"config key {key!r}: 'bogus' is not one of {', '.join(allowed)}"
+
+
+def test_an_objective_that_is_not_chosen_leaves_its_choices_unread():
+    assert build_config(overrides={"objective": "apc", "frontend": "logmel", "cpc_loss": "bogus"}).objective.cpc_loss \
+        == "bogus"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import torch
 
 from audiossl.cli import main
 from audiossl.config import build_config
-from audiossl.extract import FeatureError, FeatureSet, extract, forward_chunked, select_utterances
+from audiossl.extract import ExtractOptions, FeatureError, FeatureSet, extract, forward_chunked, select_utterances
 from audiossl.features import INDEX, INDEX_COLUMNS, feature_path, relative_paths
 from audiossl.models.baselines import add_deltas, build_baseline
 from audiossl.models.model import build_model
 
+QUIET = ExtractOptions(progress=False)
 TINY = {"encoder_channels": 16, "context_dim": 16}
 MODELS = {
     "gru_2_layers": {**TINY, "context_layers": 2},
@@ -130,8 +132,8 @@ def test_extract_writes_arrays_that_match_the_model(tiny_corpus, tmp_path, file_
     model = make_model("gru_2_layers")
     utterances, _ = select_utterances(tiny_corpus, progress=False)
     sets = extract(model, utterances, tmp_path / "feats", {"ctx": "context", "encoder": "encoder"},
-                   {"checkpoint": "/x/checkpoint.pt"}, root=tiny_corpus, file_format=file_format, batch_size=5,
-                   progress=False)
+                   {"checkpoint": "/x/checkpoint.pt"},
+                   ExtractOptions(root=tiny_corpus, file_format=file_format, batch_size=5, progress=False))
     assert sorted(sets) == ["ctx", "encoder"]
     for name, layer in (("ctx", "context"), ("encoder", "encoder")):
         features = FeatureSet(tmp_path / "feats" / name)
@@ -168,8 +170,8 @@ def test_extract_resumes_and_refuses_other_sources(tiny_corpus, tmp_path, file_f
     model = make_model("no_context")
     utterances, _ = select_utterances(tiny_corpus, progress=False)
     out = tmp_path / "feats"
-    run = {"dtype": "float16", "file_format": file_format, "progress": False}
-    first = extract(model, utterances, out, ["encoder"], {"run": 1}, **run)["encoder"]
+    run = ExtractOptions(dtype="float16", file_format=file_format, progress=False)
+    first = extract(model, utterances, out, ["encoder"], {"run": 1}, run)["encoder"]
     assert first.load(utterances[0].id).dtype == np.float16
     # An interrupted run: one array and the index are missing.
     victim, kept = first.paths[utterances[1].id], first.paths[utterances[2].id]
@@ -178,16 +180,16 @@ def test_extract_resumes_and_refuses_other_sources(tiny_corpus, tmp_path, file_f
     with pytest.raises(FeatureError, match="did not finish"):
         FeatureSet(out / "encoder")
     mtime = kept.stat().st_mtime_ns
-    again = extract(model, utterances, out, ["encoder"], {"run": 1}, **run)["encoder"]
+    again = extract(model, utterances, out, ["encoder"], {"run": 1}, run)["encoder"]
     assert victim.is_file() and kept.stat().st_mtime_ns == mtime
     assert again.num_frames == first.num_frames
     with pytest.raises(FeatureError, match="other settings.*source"):
-        extract(model, utterances, out, ["encoder"], {"run": 2}, **run)
+        extract(model, utterances, out, ["encoder"], {"run": 2}, run)
     with pytest.raises(FeatureError, match="dtype"):
-        extract(model, utterances, out, ["encoder"], {"run": 1}, **{**run, "dtype": "float32"})
+        extract(model, utterances, out, ["encoder"], {"run": 1}, dataclasses.replace(run, dtype="float32"))
     with pytest.raises(FeatureError, match="format"):
         extract(model, utterances, out, ["encoder"], {"run": 1},
-                **{**run, "file_format": "npz" if file_format == "npy" else "npy"})
+                dataclasses.replace(run, file_format="npz" if file_format == "npy" else "npy"))
     assert json.loads((out / "encoder" / "meta.json").read_text())["source"] == {"run": 1}
     assert not list(out.rglob(".*.tmp*"))  # no temporary file survives
 
@@ -197,13 +199,13 @@ def test_extract_rejects_bad_requests(tiny_corpus, tmp_path):
     utterances, _ = select_utterances(tiny_corpus, progress=False)
     out = tmp_path / "out"
     with pytest.raises(FeatureError, match="unknown layer"):
-        extract(model, utterances, out, ["context_9"], progress=False)
+        extract(model, utterances, out, ["context_9"], options=QUIET)
     with pytest.raises(FeatureError, match="chunk"):
-        extract(model, utterances, out, ["context"], chunk_seconds=0.5, progress=False)
+        extract(model, utterances, out, ["context"], options=ExtractOptions(chunk_seconds=0.5, progress=False))
     with pytest.raises(FeatureError, match="dtype"):
-        extract(model, utterances, out, ["context"], dtype="int8", progress=False)
+        extract(model, utterances, out, ["context"], options=ExtractOptions(dtype="int8", progress=False))
     with pytest.raises(FeatureError, match="format"):
-        extract(model, utterances, out, ["context"], file_format="h5", progress=False)
+        extract(model, utterances, out, ["context"], options=ExtractOptions(file_format="h5", progress=False))
     assert not out.exists()
 
 
@@ -221,7 +223,7 @@ def test_select_utterances_keeps_listed_ids(tiny_corpus, tmp_path):
 def test_feature_set_checks_array_shapes(tiny_corpus, tmp_path):
     utterances, _ = select_utterances(tiny_corpus, progress=False)
     features = extract(build_baseline("logmel"), utterances[:2], tmp_path, {"logmel": "encoder"},
-                       progress=False)["logmel"]
+                       options=QUIET)["logmel"]
     np.save(features.paths[utterances[0].id], np.zeros((3, 80), dtype=np.float32))
     with pytest.raises(FeatureError, match="shape"):
         features.load(utterances[0].id)
@@ -309,5 +311,6 @@ def test_extract_skips_files_that_fail_to_decode(tiny_corpus, tmp_path, capsys):
 
 def test_progress_bar_shows_the_real_time_factor(tiny_corpus, tmp_path, capsys):
     utterances, _ = select_utterances(tiny_corpus, progress=False)
-    extract(build_baseline("logmel"), utterances[:4], tmp_path, {"logmel": "encoder"}, batch_size=2)
+    extract(build_baseline("logmel"), utterances[:4], tmp_path, {"logmel": "encoder"},
+            options=ExtractOptions(batch_size=2))
     assert "x real time" in capsys.readouterr().err

@@ -27,11 +27,11 @@ transformers = import_reference("transformers", "the hf extra: pip install -e .[
 from audiossl.checkpoint import CheckpointError  # noqa: E402
 from audiossl.cli import main  # noqa: E402
 from audiossl.data.audio import read_audio  # noqa: E402
-from audiossl.extract import FeatureError, FeatureSet, extract, select_utterances  # noqa: E402
+from audiossl.extract import ExtractOptions, FeatureError, FeatureSet, extract, select_utterances  # noqa: E402
 from audiossl.interop.fairseq import FairseqError, conv_layers  # noqa: E402
 from audiossl.interop.hf import HFModelError  # noqa: E402
 from audiossl.interop.sources import open_model  # noqa: E402
-from audiossl.probes import ProbeError, ProbeSettings, phone_probe  # noqa: E402
+from audiossl.probes import ProbeError, ProbeSettings, RunOptions, phone_probe  # noqa: E402
 from audiossl.probes.abx.labels import ABXSettings, abx_probe, abx_score  # noqa: E402
 from audiossl.probes.ctc.probe import CTCSettings, ctc_phone_probe  # noqa: E402
 from audiossl.probes.tasks import AtLabelRate, label_spans, phone_examples  # noqa: E402
@@ -251,10 +251,11 @@ def test_chunked_features_differ_from_whole_files_by_a_measured_amount(tmp_path)
     print(json.dumps(differences))  # (largest difference, largest value) per layer: docs/interop.md
     # So the chunks are part of what made an extraction: a re-run with others is refused, not mixed in.
     utterances, _ = select_utterances(DEMO, progress=False)
-    extract(model, utterances[:2], tmp_path / "out", ["layer_2"], chunk_seconds=0.5, progress=False)
+    extract(model, utterances[:2], tmp_path / "out", ["layer_2"],
+            options=ExtractOptions(chunk_seconds=0.5, progress=False))
     assert FeatureSet(tmp_path / "out" / "layer_2").meta["chunk_seconds"] == 0.5
     with pytest.raises(FeatureError, match=r"other settings \(chunk_seconds\)"):
-        extract(model, utterances[:2], tmp_path / "out", ["layer_2"], progress=False)
+        extract(model, utterances[:2], tmp_path / "out", ["layer_2"], options=ExtractOptions(progress=False))
 
 
 def repeated_copy(layer: Path, out: Path, factor: int) -> Path:
@@ -289,7 +290,7 @@ def demo_20ms(tmp_path_factory) -> tuple[Path, Path, Path]:
     save_hf(root / "hubert", "hubert")
     model, source = open_model(root / "hubert")
     utterances, _ = select_utterances(DEMO, [root / "train.txt", root / "test.txt"], progress=False)
-    extract(model, utterances, root / "f20", ["layer_2"], source, root=DEMO, progress=False)
+    extract(model, utterances, root / "f20", ["layer_2"], source, ExtractOptions(root=DEMO, progress=False))
     torch.set_num_threads(threads)
     (root / "f10").mkdir()
     repeated_copy(root / "f20" / "layer_2", root / "f10" / "layer_2", 2)
@@ -299,7 +300,7 @@ def demo_20ms(tmp_path_factory) -> tuple[Path, Path, Path]:
 def test_a_20ms_source_scores_as_its_frames_repeated_to_10ms(demo_20ms):
     f20, f10, root = demo_20ms
     splits = {"train_split": root / "train.txt", "test_split": root / "test.txt"}
-    common = {"layers": ["layer_2"], "baselines": (), "phones": PHONES, "progress": False, **splits}
+    common = {"layers": ["layer_2"], "phones": PHONES, "options": RunOptions((), progress=False), **splits}
     reports = [phone_probe(f, ALIGNMENTS, settings=ProbeSettings(epochs=3, batch_size=256), **common)
                for f in (f20, f10)]
     assert reports[0]["frame_rate"] == FRAME_RATE_20MS == reports[0]["results"][0]["frame_rate"]
@@ -312,8 +313,9 @@ def test_a_20ms_source_scores_as_its_frames_repeated_to_10ms(demo_20ms):
         (ctc[1]["results"][0]["per"], ctc[1]["results"][0]["test_loss"])
     units, _ = fit_units(f20, root / "units", "layer_2", FitSettings(KMeansSettings(k=8, seed=1), 0, "none"),
                          progress=False)
-    scored = [units_probe(units.folder, f, ALIGNMENTS, split=root / "test.txt", phones=PHONES, baselines=(),
-                          abx=ABXSettings(context="none", max_triples_per_item=5), progress=False) for f in (f20, f10)]
+    scored = [units_probe(units.folder, f, ALIGNMENTS, split=root / "test.txt", phones=PHONES,
+                          abx=ABXSettings(context="none", max_triples_per_item=5), options=common["options"])
+              for f in (f20, f10)]
     assert scored[0]["results"][0]["frame_rate"] == FRAME_RATE_20MS
     for key in ("pnmi", "phone_purity", "cluster_purity", "within", "across", "frames"):
         assert scored[0]["results"][0][key] == scored[1]["results"][0][key], key
@@ -329,9 +331,9 @@ def test_the_frame_rate_rule_refuses_what_does_not_divide_and_keeps_the_toleranc
     message = r"features at 40 frames/s \(25 ms\) and phone labels at 100 \(10 ms\): neither rate is a whole"
     for probe in (phone_probe, ctc_phone_probe):
         with pytest.raises(ProbeError, match=message):
-            probe(odd, ALIGNMENTS, ["layer_2"], (), progress=False)
+            probe(odd, ALIGNMENTS, ["layer_2"], options=RunOptions((), progress=False))
     with pytest.raises(ProbeError, match=message):
-        abx_probe(odd, ALIGNMENTS, ["layer_2"], (), progress=False)
+        abx_probe(odd, ALIGNMENTS, ["layer_2"], options=RunOptions((), progress=False))
     assert main(["probe", "abx", "--features", str(odd), "--layer", "layer_2", "--alignments", str(ALIGNMENTS),
                  "--baselines", "none", "--device", "cpu", "--no-progress"]) == 2
     # The 20 ms frames repeated meet the labels within the tolerance of a frame or two, and not beyond it.

@@ -152,3 +152,48 @@ def test_the_room_rules_are_read_and_would_catch_an_upward_import():
     assert rules["errors"] == set() and rules["cli"] is None
     assert rules["utils"] == {"errors"} and "probes" not in rules["train"]
     assert "train" not in rules["models"] and "cli" not in rules["report"]
+
+
+MAX_MODULE_LINES = 400  # a module past this is split by concept (STYLE.md)
+MAX_FUNCTION_LINES = 80  # a function past this is split into named helpers
+
+
+def oversized(path: Path, root: Path = PACKAGE.parent) -> list[str]:
+    """What in one source file is over the limits: the module, and each function or method (from its def)."""
+    text = path.read_text()
+    where = path.relative_to(root)
+    found = []
+    if len(text.splitlines()) > MAX_MODULE_LINES:
+        found.append(f"{where}: {len(text.splitlines())} lines")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{where}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_no_module_or_function_is_too_long():
+    assert [item for path in sorted(PACKAGE.rglob("*.py")) for item in oversized(path)] == []
+
+
+def test_the_size_check_finds_a_long_function_and_a_long_module(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n" + "    x = 1\n" * (MAX_FUNCTION_LINES - 1))
+    assert oversized(path, tmp_path) == []
+    path.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert oversized(path, tmp_path) == [f"m.py:1 f: {MAX_FUNCTION_LINES + 1} lines"]
+    path.write_text("class A:\n    def m(self):\n" + "        x = 1\n" * MAX_FUNCTION_LINES
+                    + "\n" * (MAX_MODULE_LINES - MAX_FUNCTION_LINES))
+    assert oversized(path, tmp_path) == [f"m.py: {MAX_MODULE_LINES + 2} lines",
+                                         f"m.py:2 m: {MAX_FUNCTION_LINES + 1} lines"]
+
+
+def test_no_module_imports_another_modules_private_names():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("audiossl")):
+                wrong += [f"{path.relative_to(PACKAGE.parent)}: {alias.name} from {node.module}"
+                          for alias in node.names if alias.name.startswith("_") and not alias.name.endswith("__")]
+    assert wrong == []

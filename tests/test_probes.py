@@ -12,10 +12,18 @@ import torch
 
 from audiossl.cli import main
 from audiossl.config import build_config
-from audiossl.extract import FeatureSet, extract, select_utterances
+from audiossl.extract import ExtractOptions, FeatureSet, extract, select_utterances
 from audiossl.models.baselines import build_baseline
 from audiossl.models.model import build_model
-from audiossl.probes import ProbeError, ProbeSettings, format_report, phone_probe, speaker_probe, train_linear_probe
+from audiossl.probes import (
+    ProbeError,
+    ProbeSettings,
+    RunOptions,
+    format_report,
+    phone_probe,
+    speaker_probe,
+    train_linear_probe,
+)
 from audiossl.probes.linear import feature_statistics
 from audiossl.probes.tasks import default_split, heldout_split, phone_examples, speaker_examples
 
@@ -23,6 +31,7 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 ALIGNMENTS = DEMO / "converted_aligned_phones.txt"
 SPLITS = {"train_split": DEMO / "train_split.txt", "test_split": DEMO / "test_split.txt"}
 FAST = ProbeSettings(epochs=3, batch_size=256)
+NO_FLOORS = RunOptions((), progress=False)
 RESULT_KEYS = {"features", "role", "accuracy", "chance", "train_examples", "test_examples", "epochs", "missing"}
 
 
@@ -36,7 +45,8 @@ def demo_mfcc(tmp_path_factory) -> Path:
     utterances, _ = select_utterances(DEMO, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"}, progress=False)
+    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"},
+            ExtractOptions(progress=False))
     torch.set_num_threads(threads)
     return out
 
@@ -172,7 +182,7 @@ def test_phone_examples_need_100_hz_features(demo_mfcc, tmp_path):
     utterances, _ = select_utterances(DEMO, progress=False)
     cfg = build_config(overrides={"encoder_channels": 8, "context_dim": 8, "encoder_strides": [5, 4, 2, 2, 4]})
     slow = build_model(cfg.model)  # 320 samples per frame: 50 frames/s
-    features = extract(slow, utterances[:2], tmp_path, ["encoder"], progress=False)["encoder"]
+    features = extract(slow, utterances[:2], tmp_path, ["encoder"], options=ExtractOptions(progress=False))["encoder"]
     with pytest.raises(ProbeError, match="50 frames/s"):
         phone_examples(features, {}, [utterances[0].id])
 
@@ -204,8 +214,8 @@ def test_speaker_examples_pool_windows(demo_mfcc, window_frames, pool):
 
 
 def test_phone_probe_reports_layers_beside_the_floor(demo_mfcc):
-    report = phone_probe(demo_mfcc, ALIGNMENTS, layers=["mfcc"], baselines=["logmel"], phones=DEMO / "phones.txt",
-                         settings=FAST, progress=False, **SPLITS)
+    report = phone_probe(demo_mfcc, ALIGNMENTS, layers=["mfcc"], phones=DEMO / "phones.txt", settings=FAST,
+                         options=RunOptions(["logmel"], progress=False), **SPLITS)
     assert [(r["features"], r["role"]) for r in report["results"]] == [("mfcc", "baseline"), ("logmel", "baseline")]
     assert FeatureSet(demo_mfcc / "logmel").meta["source"] == {"baseline": "logmel"}
     assert report["num_classes"] == 41 and report["train_utterances"] == 88 and report["test_utterances"] == 24
@@ -231,14 +241,13 @@ def test_probes_report_split_utterances_they_cannot_use(demo_mfcc, tmp_path):
     train = tmp_path / "train.txt"
     train.write_text("\n".join([*train_ids, "9-9-0001", "9-9-0002"]) + "\n")  # no audio, no features
     splits = {"train_split": train, "test_split": SPLITS["test_split"]}
-    report = phone_probe(demo_mfcc, alignments, layers=["mfcc"], baselines=[], settings=FAST, progress=False,
-                         **splits)
+    report = phone_probe(demo_mfcc, alignments, layers=["mfcc"], settings=FAST, options=NO_FLOORS, **splits)
     (row,) = report["results"]
     assert row["missing"]["alignments"]["count"] == 5  # the two unknown ids have no alignment either
     assert set(row["missing"]["alignments"]["ids"]) == unaligned | {"9-9-0001", "9-9-0002"}
     assert row["missing"]["features"] == {"count": 0, "ids": []}
     assert "dropped: 5 split utterance(s) without phone alignments" in format_report(report)
-    report = speaker_probe(demo_mfcc, layers=["mfcc"], baselines=[], settings=FAST, progress=False, **splits)
+    report = speaker_probe(demo_mfcc, layers=["mfcc"], settings=FAST, options=NO_FLOORS, **splits)
     (row,) = report["results"]
     assert "alignments" not in row["missing"]
     assert row["missing"]["features"] == {"count": 2, "ids": ["9-9-0001", "9-9-0002"]}
@@ -252,8 +261,7 @@ def test_metrics_record_the_utterances_scored_beside_those_requested(demo_mfcc, 
     alignments = tmp_path / "alignments.txt"
     alignments.write_text("".join(line + "\n" for line in ALIGNMENTS.read_text().splitlines()
                                   if line.split()[0] not in unaligned))
-    report = phone_probe(demo_mfcc, alignments, layers=["mfcc"], baselines=[], settings=FAST, progress=False,
-                         **SPLITS)
+    report = phone_probe(demo_mfcc, alignments, layers=["mfcc"], settings=FAST, options=NO_FLOORS, **SPLITS)
     (row,) = report["results"]
     assert (report["train_utterances"], report["test_utterances"]) == (88, 24)  # requested: the splits
     assert row["missing"]["alignments"]["count"] == 52
@@ -264,7 +272,7 @@ def test_metrics_record_the_utterances_scored_beside_those_requested(demo_mfcc, 
 
 
 def test_speaker_probe_on_default_split(demo_mfcc):
-    report = speaker_probe(demo_mfcc, layers=["mfcc"], baselines=[], progress=False,
+    report = speaker_probe(demo_mfcc, layers=["mfcc"], options=NO_FLOORS,
                            settings=ProbeSettings(epochs=30, batch_size=16))
     (row,) = report["results"]
     assert report["unit"] == "utterance (mean)"  # mean-pooled utterances by default
@@ -275,14 +283,14 @@ def test_speaker_probe_on_default_split(demo_mfcc):
 
 def test_probe_input_errors(demo_mfcc, tmp_path):
     with pytest.raises(ProbeError, match="both"):
-        speaker_probe(demo_mfcc, layers=["mfcc"], baselines=[], train_split=SPLITS["train_split"], progress=False)
+        speaker_probe(demo_mfcc, layers=["mfcc"], train_split=SPLITS["train_split"], options=NO_FLOORS)
     split = tmp_path / "test.txt"
     split.write_text("0-0-0000\n")
     with pytest.raises(ProbeError, match="no test utterance has both features and labels"):
-        speaker_probe(demo_mfcc, layers=["mfcc"], baselines=[], train_split=SPLITS["train_split"], test_split=split,
-                      progress=False)
+        speaker_probe(demo_mfcc, layers=["mfcc"], train_split=SPLITS["train_split"], test_split=split,
+                      options=NO_FLOORS)
     with pytest.raises(ProbeError, match="unknown baseline"):
-        speaker_probe(demo_mfcc, layers=["mfcc"], baselines=["wav2vec"], progress=False)
+        speaker_probe(demo_mfcc, layers=["mfcc"], options=RunOptions(["wav2vec"], progress=False))
 
 
 def small_splits(folder: Path, per_speaker: int = 3) -> dict[str, Path]:

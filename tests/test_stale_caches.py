@@ -19,7 +19,8 @@ import soundfile
 
 from audiossl.cli import main
 from audiossl.data.corpus import read_manifest
-from audiossl.extract import FeatureSet, length_batches
+from audiossl.data.utterance_batches import length_batches
+from audiossl.extract import FeatureSet
 
 from conftest import synth_utterance
 

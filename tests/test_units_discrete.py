@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from audiossl.cli import main
-from audiossl.extract import FeatureSet, extract, select_utterances
+from audiossl.extract import ExtractOptions, FeatureSet, extract, select_utterances
 from audiossl.models.baselines import build_baseline
 from audiossl.probes.unit_quality import contingency, pnmi, unit_quality
 from audiossl.units.assign import assign_units, open_onehot, parse_line, read_quantized, write_quantized
@@ -319,7 +319,7 @@ def test_assign_refuses_what_does_not_fit(mfcc_features, tmp_path, tiny_corpus):
         assign_units(other, mfcc_features, tmp_path / "assigned", onehot="none", progress=False)
     utterances, _ = select_utterances(tiny_corpus, progress=False)
     extract(build_baseline("logmel"), utterances, tmp_path / "logmel", {"mfcc": "encoder"}, {"baseline": "logmel"},
-            progress=False)  # 80-dim, and another source
+            ExtractOptions(progress=False))  # 80-dim, and another source
     with pytest.raises(UnitsError, match="80-dim features; the units model .* clusters 39-dim mfcc frames"):
         assign_units(model, tmp_path / "logmel", tmp_path / "x", progress=False)
 
@@ -332,7 +332,8 @@ def demo_mfcc(tmp_path_factory) -> Path:
     utterances, _ = select_utterances(DEMO, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"}, progress=False)
+    extract(build_baseline("mfcc"), utterances, out, {"mfcc": "encoder"}, {"baseline": "mfcc"},
+            ExtractOptions(progress=False))
     torch.set_num_threads(threads)
     return out
 

@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from audiossl.extract import extract, open_source, select_utterances
+    from audiossl.extract import ExtractOptions, extract, open_source, select_utterances
 
     device = device_from(args.device)
     zerospeech = args.format == "zerospeech"
@@ -91,11 +91,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     out = Path(args.out) / "features" if zerospeech else Path(args.out)
     print(f"# extracting {', '.join(layers)} of {len(utterances)} utterances at {model.frame_rate:g} frames/s "
           f"on {device} into {out} ({'npy' if zerospeech else args.format})")
-    sets = extract(model, utterances, out, layers, source, root=args.data if Path(args.data).is_dir() else None,
-                   file_format="npy" if zerospeech else args.format, batch_size=args.batch_size,
-                   chunk_seconds=args.chunk_seconds,
-                   batch_seconds=args.batch_seconds,
-                   dtype=args.dtype, device=device, num_workers=args.num_workers, progress=not args.no_progress)
+    options = ExtractOptions(root=args.data if Path(args.data).is_dir() else None,
+                             file_format="npy" if zerospeech else args.format, batch_size=args.batch_size,
+                             batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds, dtype=args.dtype,
+                             device=device, num_workers=args.num_workers, progress=not args.no_progress)
+    sets = extract(model, utterances, out, layers, source, options)
     for features in sets.values():
         frames = sum(features.num_frames.values())
         print(f"{features.folder}: {len(features.num_frames)} utterances, {frames:,} frames of dim {features.dim}")

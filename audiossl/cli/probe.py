@@ -57,6 +57,17 @@ def floors(args: argparse.Namespace) -> list[str]:
     return args.baselines if args.baselines is not None else [] if args.baseline else ["mfcc", "logmel"]
 
 
+def run_options(args: argparse.Namespace, baselines: list[str] | None = None):
+    """The :class:`~audiossl.probes.runner.RunOptions` of the shared flags, built once per command: the floors
+    (``baselines``, else :func:`floors`), their audio (``--data`` with ``--features``; else the files the features
+    are extracted from), ``--device``, ``--num-workers`` and the progress bars."""
+    from audiossl.probes.runner import RunOptions
+
+    baselines = floors(args) if baselines is None else baselines
+    return RunOptions(baselines, args.data if args.features else None, device_from(args.device), args.num_workers,
+                      not args.no_progress)
+
+
 def show(report: dict, table: str, out: str | None) -> int:
     """Print a probe's table and, with ``--out``, write its outputs and say where they are."""
     from audiossl.probes.runner import write_outputs
@@ -102,15 +113,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from audiossl.probes.runner import probe_features
 
     settings = settings_from(args, ProbeSettings, DEFAULT_SETTINGS[args.task], "linear probe setting")
-    baselines, device = floors(args), device_from(args.device)
+    options = run_options(args)
     print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
-          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+          f"{', '.join(options.baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
     with probe_features(args.out, args.features, args.ckpt, args.baseline, layers_from(args), args.data,
-                        [s for s in (args.train_split, args.test_split) if s], device, args.num_workers,
-                        not args.no_progress) as (features_dir, layers):
-        common = {"layers": layers, "baselines": baselines, "data": args.data if args.features else None,
-                  "train_split": args.train_split, "test_split": args.test_split, "settings": settings,
-                  "device": device, "num_workers": args.num_workers, "progress": not args.no_progress}
+                        [s for s in (args.train_split, args.test_split) if s], options) as (features_dir, layers):
+        common = {"layers": layers, "train_split": args.train_split, "test_split": args.test_split,
+                  "settings": settings, "options": options}
         if args.task == "phone":
             report = phone_probe(features_dir, args.alignments, phones=args.phones, **common)
         else:

@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import json
 
-from audiossl.cli.options import add_settings_args, device_from, layers_from, settings_from
-from audiossl.cli.probe import floors, probe_options, show
+from audiossl.cli.options import add_settings_args, layers_from, settings_from
+from audiossl.cli.probe import probe_options, run_options, show
 from audiossl.config import ConfigError, settings_help
 from audiossl.probes import ProbeError
 
@@ -48,16 +48,13 @@ def cmd_probe_abx(args: argparse.Namespace) -> int:
     if not args.alignments:
         raise ConfigError("probe abx needs --alignments (items cut from frame labels) or --item-file")
     settings = settings_from(args, ABXSettings, what="ABX setting")
-    baselines, device = floors(args), device_from(args.device)
+    options = run_options(args)
     print(f"# abx on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
-          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+          f"{', '.join(options.baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
     with probe_features(args.out, args.features, args.ckpt, args.baseline, layers_from(args), args.data,
-                        [args.split] if args.split else [], device, args.num_workers,
-                        not args.no_progress) as (features_dir, layers):
-        report = abx_probe(features_dir, args.alignments, layers, baselines,
-                           data=args.data if args.features else None, split=args.split, phones=args.phones,
-                           settings=settings, device=device, num_workers=args.num_workers,
-                           progress=not args.no_progress)
+                        [args.split] if args.split else [], options) as (features_dir, layers):
+        report = abx_probe(features_dir, args.alignments, layers, split=args.split, phones=args.phones,
+                           settings=settings, options=options)
     return show(report, format_abx_report(report), args.out)
 
 
@@ -101,9 +98,9 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
     if args.alignments or args.split:
         raise ConfigError("--item-file names the items: no --alignments or --split")
     settings = settings_from(args, ItemABXSettings, what="ABX item-file setting")
-    baselines, device = floors(args), device_from(args.device)
+    options = run_options(args)
     print(f"# abx on {args.item_file} with {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
-          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+          f"{', '.join(options.baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
     with contextlib.ExitStack() as stack:
         ids_file = None
         if args.ckpt or args.baseline:  # extract only the item file's utterances
@@ -116,8 +113,6 @@ def cmd_probe_items(args: argparse.Namespace) -> int:
             ids_file.flush()
         features_dir, layers = stack.enter_context(probe_features(
             args.out, args.features, args.ckpt, args.baseline, layers_from(args), args.data,
-            [ids_file.name] if ids_file else [], device, args.num_workers, not args.no_progress))
-        report = item_file_probe(features_dir, args.item_file, layers, baselines,
-                                 data=args.data if args.features else None, settings=settings, device=device,
-                                 num_workers=args.num_workers, progress=not args.no_progress)
+            [ids_file.name] if ids_file else [], options))
+        report = item_file_probe(features_dir, args.item_file, layers, settings=settings, options=options)
     return show(report, format_item_report(report), args.out)

@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import json
 
-from audiossl.cli.options import device_from, layers_from, positive_int, settings_from
-from audiossl.cli.probe import floors, probe_options, show, trained_probe_options
+from audiossl.cli.options import layers_from, positive_int, settings_from
+from audiossl.cli.probe import probe_options, run_options, show, trained_probe_options
 from audiossl.config import settings_help
 
 
@@ -43,16 +43,15 @@ def cmd_probe_ctc(args: argparse.Namespace) -> int:
     from audiossl.probes.runner import probe_features
 
     settings = settings_from(args, CTCSettings, what="CTC setting")
-    baselines, device = floors(args), device_from(args.device)
+    options = run_options(args)
     print(f"# {args.task} probe on {args.features or args.ckpt or 'baseline ' + args.baseline}: floors "
-          f"{', '.join(baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
+          f"{', '.join(options.baselines) or 'none'}; {json.dumps(dataclasses.asdict(settings))}")
     with contextlib.ExitStack() as stack:
         features_dir, layers = stack.enter_context(probe_features(
             args.out, args.features, args.ckpt, args.baseline, layers_from(args), args.data,
-            [s for s in (args.train_split, args.test_split) if s], device, args.num_workers, not args.no_progress))
-        common = {"baselines": baselines, "data": args.data if args.features else None,
-                  "train_split": args.train_split, "test_split": args.test_split, "settings": settings,
-                  "device": device, "num_workers": args.num_workers, "progress": not args.no_progress}
+            [s for s in (args.train_split, args.test_split) if s], options))
+        common = {"train_split": args.train_split, "test_split": args.test_split, "settings": settings,
+                  "options": options}
         if args.task == "ctc-phone":
             report = ctc_phone_probe(features_dir, args.alignments, layers, phones=args.phones,
                                      keep_silence=args.keep_silence, **common)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from audiossl.cli.options import add_settings_args, count, device_from, name_list, settings_from
-from audiossl.cli.probe import show
+from audiossl.cli.options import add_settings_args, count, name_list, settings_from
+from audiossl.cli.probe import run_options, show
 from audiossl.config import settings_help
 
 
@@ -39,10 +39,9 @@ def cmd_probe_units(args: argparse.Namespace) -> int:
     from audiossl.probes.unit_quality import format_units_report, units_probe
 
     abx = settings_from(args, ABXSettings, what="ABX setting")
-    baselines = args.baselines if args.baselines is not None else ["mfcc", "logmel"]
-    print(f"# units probe of {args.units} on {args.features}: floors {', '.join(baselines) or 'none'}; "
+    options = run_options(args, args.baselines if args.baselines is not None else ["mfcc", "logmel"])
+    print(f"# units probe of {args.units} on {args.features}: floors {', '.join(options.baselines) or 'none'}; "
           f"abx {json.dumps(dataclasses.asdict(abx))}")
-    report = units_probe(args.units, args.features, args.alignments, split=args.split, phones=args.phones,
-                         baselines=baselines, data=args.data, abx=abx, out=args.out, device=device_from(args.device),
-                         num_workers=args.num_workers, progress=not args.no_progress)
+    report = units_probe(args.units, args.features, args.alignments, split=args.split, phones=args.phones, abx=abx,
+                         out=args.out, options=options)
     return show(report, format_units_report(report), args.out)

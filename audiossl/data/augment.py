@@ -37,6 +37,7 @@ draws.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -54,9 +55,8 @@ from audiossl.data.channel_dsp import (
     shift_pitch,
 )
 from audiossl.data.windows import collate_windows, fill_failed
-from audiossl.settings import ConfigError, choice
+from audiossl.settings import ConfigError, check_choices
 
-MODES = ("none", "past", "both")
 NOISE_KINDS = ("white", "pink", "babble")
 AUGMENTED = "augmented_wavs"  # the batch's key for the augmented windows under augment: past
 MAX_SEMITONES = 12.0  # an octave
@@ -70,7 +70,8 @@ STREAM = 3  # the augmentation's word in a window's seed (windows.py draws offse
 
 @dataclass
 class AugmentConfig:
-    augment: str = "none"  # none | past (the context or input reads augmented audio, the targets clean) | both
+    # past: the context or input reads augmented audio, the targets clean; both: everything augmented
+    augment: Literal["none", "past", "both"] = "none"
     augment_pitch_semitones: float = 3.0  # pitch change uniform in +-this many semitones, duration kept (0: off)
     augment_reverb_prob: float = 0.5  # probability that a window is reverberated (0: off)
     augment_reverb_rt60: list[float] = field(default_factory=lambda: [0.2, 0.8])  # RT60 range, seconds
@@ -83,7 +84,7 @@ class AugmentConfig:
 
     def check(self) -> None:
         """Refuse impossible values, one line each; checked whatever ``augment`` is."""
-        choice("augment", self.augment, MODES)
+        check_choices(self)
         if not 0.0 <= self.augment_pitch_semitones <= MAX_SEMITONES:
             raise ConfigError(f"config key 'augment_pitch_semitones' must be in [0, {MAX_SEMITONES:g}], "
                               f"got {self.augment_pitch_semitones}")

@@ -171,6 +171,94 @@ _EXPORT_IGNORES = {"encoder_init", "n_mels", "context_causal", "context_heads", 
                    "context_max_frames"}
 
 
+# audiossl's encoder norms and contexts -> CPC_audio's --normMode and --arMode.
+_EXPORT_NORMS = {"channel_unbiased": "layerNorm", "channel": "layerNorm", "batch": "batchNorm", "none": "ID"}
+_EXPORT_CONTEXTS = {"lstm": "LSTM", "gru": "GRU", "none": "no_ar"}
+
+
+def _refuse(where: str, key: str, value: Any, why: str) -> None:
+    raise ConvertError(f"{where}: {key}: {value} cannot be exported to CPC_audio ({why})")
+
+
+def _check_exportable_model(cfg: Config, where: str) -> None:
+    """Refuse a model CPC_audio's ``CPCEncoder`` and recurrent context cannot reproduce."""
+    m, d = cfg.model, cfg.data
+    defaults = ModelConfig()
+    for f in dataclasses.fields(ModelConfig):
+        if f.name not in _EXPORT_READS | _EXPORT_IGNORES and getattr(m, f.name) != getattr(defaults, f.name):
+            _refuse(where, f.name, getattr(m, f.name), "CPC_audio has no such setting")
+    if d.sample_rate != SAMPLE_RATE:
+        _refuse(where, "sample_rate", d.sample_rate, "CPC_audio reads 16 kHz audio")
+    if m.frontend != "waveform":
+        _refuse(where, "frontend", m.frontend, "CPC_audio's encoder reads the waveform")
+    if m.cmvn:
+        _refuse(where, "cmvn", m.cmvn, "CPC_audio reads raw samples")
+    for key, value, theirs in (("encoder_kernels", m.encoder_kernels, KERNELS),
+                               ("encoder_strides", m.encoder_strides, STRIDES),
+                               ("encoder_paddings", m.encoder_paddings, PADDINGS)):
+        if list(value) != theirs:
+            _refuse(where, key, value, f"CPC_audio's encoder is fixed at {theirs}")
+    if m.encoder_norm not in _EXPORT_NORMS:
+        _refuse(where, "encoder_norm", m.encoder_norm, f"CPC_audio's norms are {', '.join(_EXPORT_NORMS)}")
+    if m.context not in _EXPORT_CONTEXTS:
+        _refuse(where, "context", m.context, "CPC_audio's recurrent contexts are LSTM and GRU (and no_ar)")
+    if m.context_residual:
+        _refuse(where, "context_residual", m.context_residual,
+                "CPC_audio's recurrent layers have no residual connections")
+
+
+def _model_args(cfg: Config) -> dict[str, Any]:
+    """CPC_audio's model, window, optimizer and loader flags for an exportable ``cfg``."""
+    m = cfg.model
+    return {
+        "hiddenEncoder": m.encoder_channels, "normMode": _EXPORT_NORMS[m.encoder_norm],
+        "arMode": _EXPORT_CONTEXTS[m.context],
+        "hiddenGar": m.encoder_channels if m.context == "none" else m.context_dim,
+        "nLevelsGRU": m.context_layers if m.context != "none" else 1, "sizeWindow": cfg.data.window_samples,
+        "learningRate": cfg.train.lr, "random_seed": cfg.train.seed,
+        # cpc/train.py's own flags that its loaders read back.
+        "batchSizeGPU": cfg.train.batch_size, "nGPU": 1, "supervised": False, "load": None,
+    }
+
+
+def _model_notes(cfg: Config) -> list[str]:
+    """What the exported model's settings carry only approximately, or not at all."""
+    m = cfg.model
+    notes = []
+    if m.encoder_norm == "channel":
+        notes.append("encoder_norm: channel divides by the biased std; the exported scales are multiplied by "
+                     "sqrt(C / (C - 1)) for CPC_audio's unbiased one: the same features but for its eps, "
+                     "effectively 1e-5 (C - 1) / C instead of 1e-5")
+    if m.context_dropout and m.context_layers > 1 and m.context != "none":
+        notes.append(f"context_dropout {m.context_dropout} (between recurrent layers, training only) is dropped")
+    if cfg.augment.augment != "none":
+        notes.append(f"augment: {cfg.augment.augment} is not carried: CPC_audio trains on the audio as it is")
+    return notes
+
+
+def _objective_args(cfg: Config) -> dict[str, Any]:
+    """CPC_audio's criterion flags for a CPC objective it reproduces."""
+    o = cfg.objective
+    if o.cpc_negative_policy == "sequence":
+        sampling = "samesequence"
+    else:
+        sampling = "samespeaker" if cfg.data.sampler == "same_speaker" else "uniform"
+    return {"nPredicts": o.cpc_steps, "negativeSamplingExt": o.cpc_negatives, "samplingType": sampling,
+            "rnnMode": "linear" if o.cpc_predictor == "bilinear" else "transformer", "cpc_mode": None}
+
+
+def _schedule_notes(cfg: Config) -> list[str]:
+    """The schedule, weight decay and clipping CPC_audio's constant-lr Adam does not carry."""
+    t = cfg.train
+    dropped = [f"{key} {value}" for key, value, theirs in (
+        ("warmup_steps", t.warmup_steps, 0), ("decay", t.decay, "constant"), ("weight_decay", t.weight_decay, 0),
+        ("clip_grad", t.clip_grad, 0)) if value != theirs]
+    if not dropped:
+        return []
+    return [f"{', '.join(dropped)} not carried: CPC_audio's Adam runs at a constant lr, without weight "
+            "decay or clipping (unless given --schedulerStep/--schedulerRamp)"]
+
+
 def args_from_config(cfg: Config, where: str, objective: bool) -> tuple[dict[str, Any], list[str]]:
     """CPC_audio's settings for an audiossl model, and notes on what they do not carry.
 
@@ -184,74 +272,20 @@ def args_from_config(cfg: Config, where: str, objective: bool) -> tuple[dict[str
     Raises:
         ConvertError: a setting CPC_audio cannot reproduce.
     """
-    m, o, d = cfg.model, cfg.objective, cfg.data
-
-    def refuse(key: str, value: Any, why: str) -> None:
-        raise ConvertError(f"{where}: {key}: {value} cannot be exported to CPC_audio ({why})")
-
-    defaults = ModelConfig()
-    for f in dataclasses.fields(ModelConfig):
-        if f.name not in _EXPORT_READS | _EXPORT_IGNORES and getattr(m, f.name) != getattr(defaults, f.name):
-            refuse(f.name, getattr(m, f.name), "CPC_audio has no such setting")
-    if d.sample_rate != SAMPLE_RATE:
-        refuse("sample_rate", d.sample_rate, "CPC_audio reads 16 kHz audio")
-    if m.frontend != "waveform":
-        refuse("frontend", m.frontend, "CPC_audio's encoder reads the waveform")
-    if m.cmvn:
-        refuse("cmvn", m.cmvn, "CPC_audio reads raw samples")
-    for key, value, theirs in (("encoder_kernels", m.encoder_kernels, KERNELS),
-                               ("encoder_strides", m.encoder_strides, STRIDES),
-                               ("encoder_paddings", m.encoder_paddings, PADDINGS)):
-        if list(value) != theirs:
-            refuse(key, value, f"CPC_audio's encoder is fixed at {theirs}")
-    norms = {"channel_unbiased": "layerNorm", "channel": "layerNorm", "batch": "batchNorm", "none": "ID"}
-    if m.encoder_norm not in norms:
-        refuse("encoder_norm", m.encoder_norm, f"CPC_audio's norms are {', '.join(norms)}")
-    contexts = {"lstm": "LSTM", "gru": "GRU", "none": "no_ar"}
-    if m.context not in contexts:
-        refuse("context", m.context, "CPC_audio's recurrent contexts are LSTM and GRU (and no_ar)")
-    if m.context_residual:
-        refuse("context_residual", m.context_residual, "CPC_audio's recurrent layers have no residual connections")
-
-    args = dict(DEFAULTS)
-    args.update({
-        "hiddenEncoder": m.encoder_channels, "normMode": norms[m.encoder_norm], "arMode": contexts[m.context],
-        "hiddenGar": m.encoder_channels if m.context == "none" else m.context_dim,
-        "nLevelsGRU": m.context_layers if m.context != "none" else 1, "sizeWindow": d.window_samples,
-        "learningRate": cfg.train.lr, "random_seed": cfg.train.seed,
-        # cpc/train.py's own flags that its loaders read back.
-        "batchSizeGPU": cfg.train.batch_size, "nGPU": 1, "supervised": False, "load": None,
-    })
-    notes = []
-    if m.encoder_norm == "channel":
-        notes.append("encoder_norm: channel divides by the biased std; the exported scales are multiplied by "
-                     "sqrt(C / (C - 1)) for CPC_audio's unbiased one: the same features but for its eps, "
-                     "effectively 1e-5 (C - 1) / C instead of 1e-5")
-    if m.context_dropout and m.context_layers > 1 and m.context != "none":
-        notes.append(f"context_dropout {m.context_dropout} (between recurrent layers, training only) is dropped")
-    if cfg.augment.augment != "none":
-        notes.append(f"augment: {cfg.augment.augment} is not carried: CPC_audio trains on the audio as it is")
+    _check_exportable_model(cfg, where)
+    args = {**DEFAULTS, **_model_args(cfg)}
+    notes = _model_notes(cfg)
+    o = cfg.objective
     unlike = [(key, value, theirs) for key, value, theirs in (
         ("objective", o.objective, "cpc"), ("cpc_score", o.cpc_score, "bilinear"), ("cpc_loss", o.cpc_loss, "infonce"))
         if value != theirs]
     if unlike:
         key, value, theirs = unlike[0]
         if objective:
-            refuse(key, value, f"CPC_audio's criterion is {theirs}; --to cpc_audio-release exports the model alone")
+            _refuse(where, key, value,
+                    f"CPC_audio's criterion is {theirs}; --to cpc_audio-release exports the model alone")
         notes.append(f"{key}: {value} has no CPC_audio counterpart; the release's settings keep CPC_audio's "
                      "defaults for the objective")
         return args, notes
-    if o.cpc_negative_policy == "sequence":
-        sampling = "samesequence"
-    else:
-        sampling = "samespeaker" if d.sampler == "same_speaker" else "uniform"
-    args.update({"nPredicts": o.cpc_steps, "negativeSamplingExt": o.cpc_negatives, "samplingType": sampling,
-                 "rnnMode": "linear" if o.cpc_predictor == "bilinear" else "transformer", "cpc_mode": None})
-    t = cfg.train
-    dropped = [f"{key} {value}" for key, value, theirs in (
-        ("warmup_steps", t.warmup_steps, 0), ("decay", t.decay, "constant"), ("weight_decay", t.weight_decay, 0),
-        ("clip_grad", t.clip_grad, 0)) if value != theirs]
-    if dropped:
-        notes.append(f"{', '.join(dropped)} not carried: CPC_audio's Adam runs at a constant lr, without weight "
-                     "decay or clipping (unless given --schedulerStep/--schedulerRamp)")
-    return args, notes
+    args.update(_objective_args(cfg))
+    return args, notes + _schedule_notes(cfg)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ from audiossl.objectives.infonce import (
     sample_candidates,
     score_candidates,
 )
-from audiossl.settings import ConfigError, choice, positive
+from audiossl.settings import ConfigError, check_choices, positive
 
 if TYPE_CHECKING:  # annotations only: the config module imports the objectives' registry
     from audiossl.config import Config
@@ -95,11 +95,15 @@ class CausalPredictorLayer(nn.Module):
 class CPCSettings:
     cpc_steps: int = 12  # prediction steps k = 1..K, one W_k each
     cpc_negatives: int = 128  # negatives per positive
-    cpc_negative_policy: str = "batch"  # batch | sequence (same speaker: data sampler=same_speaker)
-    cpc_predictor: str = "bilinear"  # bilinear W_k per step (paper) | transformer (CPC_audio's default --rnnMode)
-    cpc_score: str = "bilinear"  # bilinear z^T W_k c | cosine (cos(W_k c, z) / temperature)
+    # where negatives come from: the whole batch, or the positive's own window (same speaker: data
+    # sampler=same_speaker)
+    cpc_negative_policy: Literal["batch", "sequence"] = "batch"
+    # bilinear: a W_k per step (paper); transformer: CPC_audio's default --rnnMode
+    cpc_predictor: Literal["bilinear", "transformer"] = "bilinear"
+    cpc_score: Literal["bilinear", "cosine"] = "bilinear"  # z^T W_k c, or cos(W_k c, z) / temperature
     cpc_temperature: float = 0.1  # divides cosine scores
-    cpc_loss: str = "infonce"  # infonce (softmax over candidates) | nce (binary logistic, wav2vec)
+    # infonce: softmax over the candidates; nce: binary logistic (wav2vec)
+    cpc_loss: Literal["infonce", "nce"] = "infonce"
 
 
 class CPCObjective(nn.Module):
@@ -144,10 +148,7 @@ class CPCObjective(nn.Module):
     def check(cfg: Config) -> None:
         """Refuse impossible CPC settings and a Transformer predictor of the wrong size."""
         m, o = cfg.model, cfg.objective
-        choice("cpc_negative_policy", o.cpc_negative_policy, ("batch", "sequence"))
-        choice("cpc_score", o.cpc_score, ("bilinear", "cosine"))
-        choice("cpc_predictor", o.cpc_predictor, ("bilinear", "transformer"))
-        choice("cpc_loss", o.cpc_loss, ("infonce", "nce"))
+        check_choices(o, CPCSettings)
         positive({"cpc_steps": o.cpc_steps, "cpc_negatives": o.cpc_negatives, "cpc_temperature": o.cpc_temperature})
         if o.cpc_predictor == "transformer" and m.context_dim != m.encoder_channels:
             raise ConfigError(f"cpc_predictor: transformer needs context_dim == encoder_channels (CPC_audio's "

@@ -32,14 +32,14 @@ selected frames is exactly ``mpc_mask_proportion``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from audiossl.models.lengths import length_mask
 from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
-from audiossl.settings import ConfigError, choice
+from audiossl.settings import ConfigError, check_choices
 
 if TYPE_CHECKING:  # annotations only: the config module imports the objectives' registry
     from audiossl.config import Config
@@ -182,7 +182,7 @@ class MPCSettings:
     mpc_zero_prob: float = 0.8  # a selected span is zeroed with this probability
     mpc_random_prob: float = 0.1  # ... replaced by another span of the utterance (else kept)
     mpc_freq_mask_bins: int = 0  # zero a random band of up to this many log-mel bins (0: off; TERA)
-    mpc_head: str = "mlp"  # prediction head: mlp (Mockingjay's dense-GELU-LayerNorm-linear) | linear
+    mpc_head: Literal["mlp", "linear"] = "mlp"  # prediction head; mlp: Mockingjay's dense-GELU-LayerNorm-linear
 
 
 class MPCObjective(nn.Module):
@@ -212,7 +212,7 @@ class MPCObjective(nn.Module):
     def check(cfg: Config) -> None:
         """Refuse impossible MPC settings and a context or frontend MPC cannot train."""
         m, o = cfg.model, cfg.objective
-        choice("mpc_head", o.mpc_head, ("mlp", "linear"))
+        check_choices(o, MPCSettings)
         if o.mpc_span < 1 or o.mpc_freq_mask_bins < 0:
             raise ConfigError("mpc_span must be positive and mpc_freq_mask_bins not negative")
         if not 0.0 < o.mpc_mask_proportion < 1.0:

@@ -20,13 +20,14 @@ The floors themselves (MFCC, log-mel) are models: :mod:`audiossl.models.baseline
 
 from audiossl.probes.classify import format_report, phone_probe, speaker_probe
 from audiossl.probes.linear import ProbeResult, ProbeSettings, train_linear_probe
-from audiossl.probes.runner import probe_features, write_outputs
+from audiossl.probes.runner import RunOptions, probe_features, write_outputs
 from audiossl.probes.tasks import ProbeError
 
 __all__ = [
     "ProbeError",
     "ProbeResult",
     "ProbeSettings",
+    "RunOptions",
     "format_report",
     "phone_probe",
     "probe_features",

@@ -60,11 +60,10 @@ import numpy as np
 import torch
 
 from audiossl.extract import FeatureSet
-from audiossl.models.baselines import BASELINES
 from audiossl.probes.linear import ProbeSettings, train_linear_probe
 from audiossl.probes.runner import (
+    RunOptions,
     Score,
-    corpus_audio,
     listing,
     open_layers,
     phone_labels,
@@ -134,11 +133,10 @@ def _run(task: str, sets: list[FeatureSet], train_ids: list[str], test_ids: list
             "published": PUBLISHED[task], "results": rows}
 
 
-def phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",),
-                baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
+def phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",), *,
                 phones: str | Path | None = None, train_split: str | Path | None = None,
                 test_split: str | Path | None = None, settings: ProbeSettings | None = None,
-                device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True) -> dict:
+                options: RunOptions = RunOptions()) -> dict:
     """Linear phone classification per 10 ms frame, for each layer and baseline.
 
     Features at another rate are read at the labels' (the frame-rate rule of
@@ -149,72 +147,63 @@ def phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequen
         features_dir: an ``audiossl extract`` output folder.
         alignments: ``converted_aligned_phones.txt``.
         layers: sub-folders of ``features_dir`` to probe.
-        baselines: hand-made features to probe beside them (``mfcc``, ``logmel``).
-        data: a corpus folder or manifest holding the baselines' audio;
-            None: the files the features were extracted from.
         phones: the phone inventory; fixes the number of classes (else the
             largest label + 1).
         train_split, test_split: utterance id lists; neither: every fifth
             labelled utterance of each speaker is held out.
         settings: the linear probe's training settings.
-        device: where baselines are extracted and probes trained.
-        num_workers: audio decoding processes for baseline extraction.
+        options: the floors (``mfcc``, ``logmel``) probed beside the layers
+            and their audio, the device, the decoding workers, the progress bars.
 
     Returns:
         The report (see the module docstring), a JSON-ready dict.
     """
-    features_dir, device = Path(features_dir), torch.device(device)
+    features_dir = Path(features_dir)
     settings = settings or DEFAULT_SETTINGS["phone"]
     layer_sets = open_layers(features_dir, layers)
     at_label_rate(layer_sets)  # a rate that cannot be is refused before anything else is read
     labels, num_classes = phone_labels(alignments, phones)
     train_ids, test_ids = resolve_split(layer_sets[0], train_split, test_split, usable=labels)
     labelled = [u for u in train_ids + test_ids if u in labels]
-    sets = at_label_rate(with_floors(layer_sets, baselines, labelled, device, num_workers, progress,
-                                     corpus_audio(data, labelled, progress)))
+    sets = at_label_rate(with_floors(layer_sets, labelled, options))
     report = _run("phone", sets, train_ids, test_ids,
-                  lambda fs, ids, what: phone_examples(fs, labels, ids, what), num_classes, settings, device,
-                  progress, unlabelled=[u for u in train_ids + test_ids if u not in labels])
+                  lambda fs, ids, what: phone_examples(fs, labels, ids, what), num_classes, settings, options.device,
+                  options.progress, unlabelled=[u for u in train_ids + test_ids if u not in labels])
     report["unit"] = "10 ms frame"
     report["frame_rate"] = report["results"][0]["frame_rate"]
     return report
 
 
-def speaker_probe(features_dir: str | Path, layers: Sequence[str] = ("context",),
-                  baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
+def speaker_probe(features_dir: str | Path, layers: Sequence[str] = ("context",), *,
                   window_frames: int = 0, pool: str = "mean", train_split: str | Path | None = None,
                   test_split: str | Path | None = None, settings: ProbeSettings | None = None,
-                  device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True) -> dict:
+                  options: RunOptions = RunOptions()) -> dict:
     """Linear speaker classification per utterance (or window), for each layer and baseline.
 
     Args:
         features_dir: an ``audiossl extract`` output folder.
         layers: sub-folders of ``features_dir`` to probe.
-        baselines: hand-made features to probe beside them (``mfcc``, ``logmel``).
-        data: a corpus folder or manifest holding the baselines' audio;
-            None: the files the features were extracted from.
         window_frames: frames per example; 0: whole utterances (CPC's protocol).
         pool: ``mean`` or ``last`` frame of each window.
         train_split, test_split: utterance id lists; neither: every fifth
             utterance of each speaker is held out.
         settings: the linear probe's training settings.
-        device: where baselines are extracted and probes trained.
-        num_workers: audio decoding processes for baseline extraction.
+        options: the floors (``mfcc``, ``logmel``) probed beside the layers
+            and their audio, the device, the decoding workers, the progress bars.
 
     Returns:
         The report (see the module docstring), a JSON-ready dict.
     """
-    features_dir, device = Path(features_dir), torch.device(device)
+    features_dir = Path(features_dir)
     settings = settings or DEFAULT_SETTINGS["speaker"]
     layer_sets = open_layers(features_dir, layers)
     train_ids, test_ids = resolve_split(layer_sets[0], train_split, test_split)
     speakers = layer_sets[0].speakers
     speaker_index = {s: i for i, s in enumerate(sorted({speakers[u] for u in train_ids if u in speakers}))}
-    sets = with_floors(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
-                       corpus_audio(data, train_ids + test_ids, progress))
+    sets = with_floors(layer_sets, train_ids + test_ids, options)
     report = _run("speaker", sets, train_ids, test_ids,
                   lambda fs, ids, what: speaker_examples(fs, ids, speaker_index, window_frames, pool, what),
-                  len(speaker_index), settings, device, progress)
+                  len(speaker_index), settings, options.device, options.progress)
     unit = "utterance" if window_frames == 0 else f"window of {window_frames} frames"
     report["unit"] = f"{unit} ({pool})"
     return report

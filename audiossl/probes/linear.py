@@ -152,6 +152,47 @@ def _evaluate(probe: nn.Module, feats: torch.Tensor, labels: torch.Tensor, mean:
     return int(correct) / len(feats), float(loss_sum) / len(feats)
 
 
+def _check_examples(train: tuple[np.ndarray, np.ndarray], heldout: tuple[np.ndarray, np.ndarray],
+                    test: tuple[np.ndarray, np.ndarray], num_classes: int) -> None:
+    """Refuse features of different dims, labels that do not match them or lie outside the classes, and
+    nothing to train or test on (each argument: features and labels)."""
+    (train_feats, train_labels), (heldout_feats, heldout_labels), (test_feats, test_labels) = train, heldout, test
+    if (train_feats.ndim != 2 or test_feats.ndim != 2 or heldout_feats.ndim != 2
+            or not train_feats.shape[1] == test_feats.shape[1] == heldout_feats.shape[1]):
+        raise ValueError(f"expected (examples, dim) features of one dim, got train {train_feats.shape}, "
+                         f"held-out {heldout_feats.shape} and test {test_feats.shape}")
+    if (len(train_feats) != len(train_labels) or len(test_feats) != len(test_labels)
+            or len(heldout_feats) != len(heldout_labels)):
+        raise ValueError(f"{len(train_feats)} train / {len(heldout_feats)} held-out / {len(test_feats)} test "
+                         f"examples but {len(train_labels)} / {len(heldout_labels)} / {len(test_labels)} labels")
+    if len(train_feats) == 0 or len(test_feats) == 0:
+        raise ValueError(f"no examples to train or test on ({len(train_feats)} train, {len(test_feats)} test)")
+    for labels in (train_labels, heldout_labels, test_labels):
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+
+
+def _train_epoch(probe: nn.Module, optimizer: torch.optim.Optimizer, scheduler, x: torch.Tensor,
+                 y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, order: torch.Tensor,
+                 batch_size: int) -> float:
+    """One pass over the examples in ``order``, ``batch_size`` at a time; the mean training loss.
+
+    ``x`` may stay on the CPU (each batch is copied to the device); ``y``, ``mean`` and ``std`` are there.
+    """
+    device = mean.device
+    loss_sum = torch.zeros((), device=device)
+    for start in range(0, len(x), batch_size):
+        index = order[start: start + batch_size]
+        batch = (x[index.to(x.device)].to(device).float() - mean) / std  # (B, D)
+        loss = nn.functional.cross_entropy(probe(batch), y[index.to(device)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach()
+    return float(loss_sum) / math.ceil(len(x) / batch_size)
+
+
 def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                        test_labels: np.ndarray, num_classes: int, settings: ProbeSettings | None = None,
                        device: str | torch.device = "cpu", progress: bool = True, desc: str = "probe",
@@ -180,19 +221,8 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_f
     settings = settings or ProbeSettings()
     if heldout_feats is None or len(heldout_feats) == 0:
         heldout_feats, heldout_labels = test_feats[:0], test_labels[:0]
-    if (train_feats.ndim != 2 or test_feats.ndim != 2 or heldout_feats.ndim != 2
-            or not train_feats.shape[1] == test_feats.shape[1] == heldout_feats.shape[1]):
-        raise ValueError(f"expected (examples, dim) features of one dim, got train {train_feats.shape}, "
-                         f"held-out {heldout_feats.shape} and test {test_feats.shape}")
-    if (len(train_feats) != len(train_labels) or len(test_feats) != len(test_labels)
-            or len(heldout_feats) != len(heldout_labels)):
-        raise ValueError(f"{len(train_feats)} train / {len(heldout_feats)} held-out / {len(test_feats)} test "
-                         f"examples but {len(train_labels)} / {len(heldout_labels)} / {len(test_labels)} labels")
-    if len(train_feats) == 0 or len(test_feats) == 0:
-        raise ValueError(f"no examples to train or test on ({len(train_feats)} train, {len(test_feats)} test)")
-    for labels in (train_labels, heldout_labels, test_labels):
-        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    _check_examples((train_feats, train_labels), (heldout_feats, heldout_labels), (test_feats, test_labels),
+                    num_classes)
     device = torch.device(device)
     with _one_cpu_thread(device):
         x, x_held, x_test = (_place(f, device) for f in (train_feats, heldout_feats, test_feats))
@@ -201,8 +231,7 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_f
 
         probe = make_classifier(x.shape[1], num_classes, settings.hidden).to(device)
         optimizer = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        steps_per_epoch = math.ceil(len(x) / settings.batch_size)
-        scheduler = cosine_schedule(optimizer, settings.epochs * steps_per_epoch)
+        scheduler = cosine_schedule(optimizer, settings.epochs * math.ceil(len(x) / settings.batch_size))
         generator = torch.Generator().manual_seed(settings.seed)
         y_device = y.to(device)
         history: dict[str, list[float]] = {"train_loss": [], "heldout_accuracy": [], "heldout_loss": []}
@@ -212,17 +241,8 @@ def train_linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_f
         for epoch in bar:
             stop_point(f"before epoch {epoch} of the {desc}")
             order = torch.randperm(len(x), generator=generator)
-            loss_sum = torch.zeros((), device=device)
-            for start in range(0, len(x), settings.batch_size):
-                index = order[start: start + settings.batch_size]
-                batch = (x[index.to(x.device)].to(device).float() - mean) / std  # (B, D)
-                loss = nn.functional.cross_entropy(probe(batch), y_device[index.to(device)])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach()
-            history["train_loss"].append(float(loss_sum) / steps_per_epoch)
+            history["train_loss"].append(_train_epoch(probe, optimizer, scheduler, x, y_device, mean, std, order,
+                                                      settings.batch_size))
             if len(x_held) == 0:
                 stopping.keep_last(epoch)
                 bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}")

@@ -42,15 +42,15 @@ import torch
 
 from audiossl.data.alignments import labels_for_frames, load_alignments, load_phone_inventory, load_split
 from audiossl.data.corpus import Utterance, load_corpus
-from audiossl.extract import FeatureSet, extract, open_source, select_utterances
+from audiossl.extract import ExtractOptions, FeatureSet, extract, open_source, select_utterances
 from audiossl.models.baselines import BASELINES, build_baseline
 from audiossl.probes.tasks import AtLabelRate, ProbeError, default_split
 from audiossl.utils.atomic import DiskFullError, atomic_write
 from audiossl.utils.stopping import stop_point
 
-__all__ = ["Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors", "labelled_in_every_set",
-           "listing", "open_layers", "phone_labels", "probe_features", "resolve_split", "role", "row_name",
-           "score_sets", "scores", "with_floors", "write_outputs"]
+__all__ = ["RunOptions", "Score", "checked", "corpus_audio", "dropped_lines", "feature_sets_with_floors",
+           "labelled_in_every_set", "listing", "open_layers", "phone_labels", "probe_features", "resolve_split",
+           "role", "row_name", "score_sets", "scores", "with_floors", "write_outputs"]
 
 SHOWN_IDS = 5  # missing utterances named in reports
 
@@ -108,18 +108,34 @@ def open_layers(features_dir: str | Path, layers: Sequence[str]) -> list[Feature
     return [FeatureSet(Path(features_dir) / layer) for layer in layers]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What every probe runs with beside its own inputs and settings: the floors scored beside the layers, their
+    audio, the device, the decoding workers and the progress bars (``audiossl probe`` builds one from its flags)."""
+    baselines: Sequence[str] = tuple(BASELINES)  # hand-made floors (mfcc, logmel), extracted beside the layers
+    data: str | Path | None = None  # a corpus folder or manifest holding the floors' audio; None: the layers' files
+    device: str | torch.device = "cpu"  # where floors are extracted and probes run
+    num_workers: int = 0  # audio decoding processes for the floors' extraction
+    progress: bool = True  # progress bars
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        object.__setattr__(self, "device", torch.device(self.device))
+
+
 @contextlib.contextmanager
 def probe_features(out_dir: str | Path | None, features: str | Path | None = None,
                    checkpoint: str | Path | None = None, baseline: str | None = None,
                    layers: Sequence[str] = ("context",), data: str | Path | None = None,
-                   id_files: Sequence[str | Path] = (), device: str | torch.device = "cpu", num_workers: int = 0,
-                   progress: bool = True) -> Iterator[tuple[Path, list[str]]]:
+                   id_files: Sequence[str | Path] = (),
+                   options: RunOptions = RunOptions()) -> Iterator[tuple[Path, list[str]]]:
     """The feature folder and layers a probe reads: given, or extracted from a checkpoint or a baseline.
 
     Exactly one of ``features``, ``checkpoint`` and ``baseline``. The latter
     two extract ``data``'s utterances (those of ``id_files`` when given) into
     ``out_dir/features``, where a re-run finds and reuses them, or into a
-    temporary folder removed on exit when ``out_dir`` is None.
+    temporary folder removed on exit when ``out_dir`` is None; ``options``
+    says on which device, with how many workers and whether with a progress bar.
 
     Yields:
         The extraction folder and the layer folders to probe in it.
@@ -131,15 +147,16 @@ def probe_features(out_dir: str | Path | None, features: str | Path | None = Non
         return
     if data is None:
         raise ProbeError("extracting features from a checkpoint or a baseline needs the audio (--data)")
-    model, names, source = open_source(checkpoint, baseline, layers, device)
-    utterances, _ = select_utterances(data, id_files, progress=progress, missing_ok=True)
+    model, names, source = open_source(checkpoint, baseline, layers, options.device)
+    utterances, _ = select_utterances(data, id_files, progress=options.progress, missing_ok=True)
     if not utterances:
         raise ProbeError(f"{data}: none of the utterances listed in {', '.join(map(str, id_files))}")
     with contextlib.ExitStack() as stack:
         folder = (Path(out_dir) / "features" if out_dir is not None
                   else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audiossl-probe-"))))
-        extract(model, utterances, folder, names, source, root=data if Path(data).is_dir() else None,
-                device=device, num_workers=num_workers, progress=progress)
+        extract(model, utterances, folder, names, source,
+                ExtractOptions(root=data if Path(data).is_dir() else None, device=options.device,
+                               num_workers=options.num_workers, progress=options.progress))
         yield folder, list(names)
 
 
@@ -169,42 +186,36 @@ def corpus_audio(data: str | Path | None, ids: Sequence[str], progress: bool) ->
     return [u for u in load_corpus(data, progress=progress)[0] if u.id in wanted]
 
 
-def with_floors(layer_sets: list[FeatureSet], baselines: Sequence[str], ids: Sequence[str],
-                device: torch.device, num_workers: int, progress: bool,
-                utterances: Sequence[Utterance] | None = None) -> list[FeatureSet]:
-    """The layers, then each baseline extracted beside them for ``ids`` (resumed if there).
+def with_floors(layer_sets: list[FeatureSet], ids: Sequence[str], options: RunOptions) -> list[FeatureSet]:
+    """The layers, then each of ``options.baselines`` extracted beside them for ``ids`` (resumed if there).
 
-    The baselines' audio: ``utterances`` when given, else the files the first
-    layer was extracted from.
+    The floors' audio: the utterances of ``options.data`` when given, else
+    the files the first layer was extracted from.
     """
-    unknown = sorted(set(baselines) - set(BASELINES))
+    unknown = sorted(set(options.baselines) - set(BASELINES))
     if unknown:
         raise ProbeError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINES)}")
     reference = layer_sets[0]
     wanted = set(ids)
+    utterances = corpus_audio(options.data, ids, options.progress)
     todo = [u for u in (reference.utterances if utterances is None else utterances) if u.id in wanted]
     sets = list(layer_sets)
-    for name in baselines:
+    for name in options.baselines:
         if name in [fs.name for fs in sets]:
             continue
         if not todo:
             raise ProbeError(f"no audio to extract the {name} floor from for the {len(wanted)} utterance(s) probed")
         model = build_baseline(name, int(reference.meta["sample_rate"]))
         sets.extend(extract(model, todo, reference.folder.parent, {name: "encoder"}, {"baseline": name},
-                            device=device, num_workers=num_workers, progress=progress).values())
+                            ExtractOptions(device=options.device, num_workers=options.num_workers,
+                                           progress=options.progress)).values())
     return sets
 
 
-def feature_sets_with_floors(features_dir: str | Path, layers: Sequence[str], baselines: Sequence[str],
-                             ids: Sequence[str], data: str | Path | None, device: torch.device, num_workers: int = 0,
-                             progress: bool = True) -> list[FeatureSet]:
-    """The layers of ``features_dir``, then each baseline extracted beside them for ``ids`` (resumed if there).
-
-    The baselines' audio: the utterances of ``data`` when given, else the
-    files the first layer was extracted from.
-    """
-    return with_floors(open_layers(features_dir, layers), baselines, ids, device, num_workers, progress,
-                       corpus_audio(data, ids, progress))
+def feature_sets_with_floors(features_dir: str | Path, layers: Sequence[str], ids: Sequence[str],
+                             options: RunOptions) -> list[FeatureSet]:
+    """The layers of ``features_dir``, then the floors extracted beside them for ``ids`` (:func:`with_floors`)."""
+    return with_floors(open_layers(features_dir, layers), ids, options)
 
 
 def labelled_in_every_set(sets: Sequence[FeatureSet], labels: Mapping[str, np.ndarray], listed: Sequence[str],

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,13 +47,12 @@ import torch
 
 from audiossl.data.alignments import load_split
 from audiossl.extract import FeatureSet
-from audiossl.models.baselines import BASELINES
 from audiossl.probes.abx.labels import CONDITIONS, ABXSettings, abx_score
 from audiossl.probes.ctc.targets import silence_class
 from audiossl.probes.runner import (
+    RunOptions,
     Score,
     checked,
-    corpus_audio,
     dropped_lines,
     labelled_in_every_set,
     listing,
@@ -141,9 +140,8 @@ def _fit_settings(model: UnitModel) -> FitSettings:
 
 def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str | Path, *,
                 split: str | Path | None = None, phones: str | Path | None = None,
-                baselines: Sequence[str] = tuple(BASELINES), data: str | Path | None = None,
-                abx: ABXSettings | None = None, out: str | Path | None = None, device: str | torch.device = "cpu",
-                num_workers: int = 0, progress: bool = True) -> dict:
+                abx: ABXSettings | None = None, out: str | Path | None = None,
+                options: RunOptions = RunOptions()) -> dict:
     """Purity, PNMI and one-hot ABX of a units model on the utterances of ``split``, beside the floors'.
 
     Args:
@@ -156,20 +154,18 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
             every utterance with features and labels.
         phones: the phone inventory: the number of classes and the silence
             class (ABX items never centre on it).
-        baselines: hand-made features clustered and scored beside the model.
-        data: a corpus folder or manifest holding the floors' audio; None:
-            the files the features were extracted from.
         abx: the ABX settings.
         out: where the floors' k-means models are kept (``OUT/kmeans_<floor>``,
             reused by the next run); None: a temporary folder.
-        device: where k-means, assignment and ABX distances run.
-        num_workers: audio decoding processes for the floors' extraction.
+        options: the floors (``mfcc``, ``logmel``) clustered and scored beside
+            the model and their audio, where k-means, assignment and ABX
+            distances run, the decoding workers, the progress bars.
 
     Returns:
         The report (see :func:`format_units_report`), a JSON-ready dict.
     """
     abx = abx or ABXSettings()
-    device = torch.device(device)
+    device, progress = options.device, options.progress
     model = UnitModel(units_dir)
     reference = FeatureSet(Path(features_dir) / model.layer)
     check_features(model, reference)
@@ -181,8 +177,7 @@ def units_probe(units_dir: str | Path, features_dir: str | Path, alignments: str
     scored = [u for u in listed if u in labels]
     scored_set = set(scored)
     wanted = scored + [u for u in model.fit_ids if u not in scored_set]
-    sets = at_label_rate(with_floors([reference], baselines, wanted, device, num_workers, progress,
-                                     corpus_audio(data, wanted, progress)))
+    sets = at_label_rate(with_floors([reference], wanted, options))
     ids, unextracted, utt_labels = labelled_in_every_set(sets, labels, listed, split or reference.folder, alignments)
     speakers = {u: reference.speakers[u] for u in ids}
     with contextlib.ExitStack() as stack:

@@ -54,6 +54,64 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _random_batch(cfg: Config, dev: torch.device) -> dict[str, torch.Tensor]:
+    """A training batch of random audio; with ``augment: past`` a second window per row as the augmented one."""
+    batch_size, window = cfg.train.batch_size, cfg.data.window_samples
+    batch = {
+        "wavs": 0.1 * torch.randn(batch_size, window, device=dev),
+        "lengths": torch.full((batch_size,), window, device=dev),
+        "speakers": torch.zeros(batch_size, dtype=torch.long, device=dev),
+    }
+    if cfg.augment.augment == "past":  # the step encodes the clean and the augmented windows
+        batch[AUGMENTED] = 0.1 * torch.randn(batch_size, window, device=dev)
+    return batch
+
+
+class _ModelTimer:
+    """Seconds spent inside the frontend, encoder and context forward calls, by forward hooks; ``seconds``
+    is zeroed by :meth:`reset` before each step."""
+
+    def __init__(self, model: torch.nn.Module, dev: torch.device, enabled: bool):
+        self.dev, self.seconds = dev, 0.0
+        self.starts: dict[int, float] = {}
+        self.hooks = []
+        for part in (model.frontend, model.encoder, model.context) if enabled else ():
+            self.hooks.append(part.register_forward_pre_hook(self.before))
+            self.hooks.append(part.register_forward_hook(self.after))
+
+    def before(self, mod, args) -> None:
+        _sync(self.dev)
+        self.starts[id(mod)] = time.perf_counter()
+
+    def after(self, mod, args, out) -> None:
+        _sync(self.dev)
+        self.seconds += time.perf_counter() - self.starts.pop(id(mod))
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+def _timed_step(run, module, state: TrainState, batch: dict, cfg: Config, dev: torch.device) -> tuple[float, ...]:
+    """One training step, as ``train`` runs it; the times before the forward, backward, optimizer and after."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    with autocast(dev, cfg.train.precision):
+        loss, _ = run(batch)
+    _sync(dev)
+    t1 = time.perf_counter()
+    loss.backward()
+    _sync(dev)
+    t2 = time.perf_counter()
+    clip_and_read(module, loss.detach().double(), cfg, 1)  # clipping and the step's one read of the device
+    optimizer_step(state)
+    _sync(dev)
+    return t0, t1, t2, time.perf_counter()
+
+
 def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto") -> dict:
     """Time ``steps`` training steps after ``warmup`` untimed ones (``cfg.train.compile``: compiled).
 
@@ -70,53 +128,18 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
     # Built and stepped by the training loop's own functions: the same model, objective, AdamW (weight decay),
     # schedule and clipping as `train` runs.
     module = build_pretrainer(cfg).to(dev).train()
-    model = module.model
     state = TrainState.fresh(cfg, module)
     compiled = cfg.train.compile
     run = compile_module(module) if compiled else module
-    batch_size, window = cfg.train.batch_size, cfg.data.window_samples
-    batch = {
-        "wavs": 0.1 * torch.randn(batch_size, window, device=dev),
-        "lengths": torch.full((batch_size,), window, device=dev),
-        "speakers": torch.zeros(batch_size, dtype=torch.long, device=dev),
-    }
-    if cfg.augment.augment == "past":  # the step encodes the clean and the augmented windows
-        batch[AUGMENTED] = 0.1 * torch.randn(batch_size, window, device=dev)
-
-    model_time = [0.0]
-    starts: dict[int, float] = {}
-
-    def before(mod, args):
-        _sync(dev)
-        starts[id(mod)] = time.perf_counter()
-
-    def after(mod, args, out):
-        _sync(dev)
-        model_time[0] += time.perf_counter() - starts.pop(id(mod))
-
-    hooks = []
-    for part in (model.frontend, model.encoder, model.context) if not compiled else ():
-        hooks.append(part.register_forward_pre_hook(before))
-        hooks.append(part.register_forward_hook(after))
+    batch = _random_batch(cfg, dev)
+    timer = _ModelTimer(module.model, dev, enabled=not compiled)
 
     parts = ("step", "forward", "backward", "optimizer") + (("model", "objective") if not compiled else ())
     times: dict[str, list[float]] = {k: [] for k in parts}
     first_step = 0.0
     for i in range(warmup + steps):
-        model_time[0] = 0.0
-        _sync(dev)
-        t0 = time.perf_counter()
-        with autocast(dev, cfg.train.precision):
-            loss, _ = run(batch)
-        _sync(dev)
-        t1 = time.perf_counter()
-        loss.backward()
-        _sync(dev)
-        t2 = time.perf_counter()
-        clip_and_read(module, loss.detach().double(), cfg, 1)  # clipping and the step's one read of the device
-        optimizer_step(state)
-        _sync(dev)
-        t3 = time.perf_counter()
+        timer.reset()
+        t0, t1, t2, t3 = _timed_step(run, module, state, batch, cfg, dev)
         if i == 0:
             first_step = t3 - t0
         if i >= warmup:
@@ -125,10 +148,10 @@ def benchmark(cfg: Config, steps: int = 10, warmup: int = 3, device: str = "auto
             times["backward"].append(t2 - t1)
             times["optimizer"].append(t3 - t2)
             if not compiled:
-                times["model"].append(model_time[0])
-                times["objective"].append(t1 - t0 - model_time[0])
-    for h in hooks:
-        h.remove()
+                times["model"].append(timer.seconds)
+                times["objective"].append(t1 - t0 - timer.seconds)
+    timer.remove()
+    batch_size, window = cfg.train.batch_size, cfg.data.window_samples
     result = {k: statistics.median(v) for k, v in times.items()}
     result["audio_seconds_per_second"] = batch_size * window / cfg.data.sample_rate / result["step"]
     result.update(first_step=first_step, compiled=compiled, device=str(dev), threads=torch.get_num_threads(),

@@ -159,19 +159,50 @@ def train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool = T
         return _train(cfg, data, exp_dir, progress, strict, held)
 
 
-def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, strict: bool,
-           held: contextlib.ExitStack) -> dict:
-    # --- setup -------------------------------------------------------------
+def _setup(cfg: Config, exp_dir: Path) -> tuple[Distributed, torch.device]:
+    """DDP (under torchrun), the device, the experiment folder, the seeds (offset by rank); what a run killed
+    while saving left behind is removed (the lock keeps out live writers)."""
     dist_info = setup_distributed(cfg.train.device)
     device = choose_device(cfg.train.device, dist_info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = exp_dir / CHECKPOINT
     seed_everything(cfg.train.seed + dist_info.rank)
-    if dist_info.is_main:  # what a run killed while saving left behind; the lock keeps out live writers
+    if dist_info.is_main:
         remove_stale_temps(exp_dir)
+    return dist_info, device
+
+
+def _write_resolved_config(cfg: Config, exp_dir: Path, device: torch.device) -> None:
+    """``config.yaml``: the flat config this run trains with, headed by the device and precision chosen."""
+    precision = resolve_precision(cfg.train.precision, device)
+    tqdm.write(precision.describe())
+    (exp_dir / "config.yaml").write_text(f"# on {device}: {precision.describe()}\n"
+                                         + yaml.safe_dump(cfg.flat(), sort_keys=False))
+
+
+def _refuse_nonfinite_run(run: int, cfg: Config, state: TrainState, log: RunLog, ckpt_path: Path) -> None:
+    """Stop, without saving, once ``max_nonfinite`` steps in a row had a non-finite loss or gradient."""
+    if run >= cfg.train.max_nonfinite:
+        log.flush()
+        kept = f"last checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint yet"
+        raise TrainingError(f"{run} non-finite losses or gradients in a row at step "
+                            f"{state.step + 1}; stopping without saving ({kept})")
+
+
+def _teardown(log: RunLog, dist_info: Distributed) -> None:
+    log.close()
+    if dist_info.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, strict: bool,
+           held: contextlib.ExitStack) -> dict:
+    # --- setup -------------------------------------------------------------
+    exp_dir = Path(exp_dir)
+    dist_info, device = _setup(cfg, exp_dir)
+    ckpt_path = exp_dir / CHECKPOINT
 
     # --- build: a bad config or checkpoint fails before the scan; then the data
     saved = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
@@ -184,10 +215,7 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
     state = TrainState.fresh(cfg, module.to(device))
     epoch, position = resume(state, saved, ckpt_path, cfg, dist_info) if saved is not None else (0, 0)
     if dist_info.is_main:
-        precision = resolve_precision(cfg.train.precision, device)
-        tqdm.write(precision.describe())
-        (exp_dir / "config.yaml").write_text(f"# on {device}: {precision.describe()}\n"
-                                             + yaml.safe_dump(cfg.flat(), sort_keys=False))
+        _write_resolved_config(cfg, exp_dir, device)
     wrapped = wrap_module(module, cfg, dist_info, device)
     stream = BatchStream(dataset, cfg, dist_info, epoch, position)
     log = RunLog(cfg, exp_dir, state.step, dist_info, progress)
@@ -207,11 +235,7 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
             state.optimizer.zero_grad(set_to_none=True)
             nonfinite_run += 1
             state.skipped_steps += 1
-            if nonfinite_run >= cfg.train.max_nonfinite:
-                log.flush()
-                kept = f"last checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint yet"
-                raise TrainingError(f"{nonfinite_run} non-finite losses or gradients in a row at step "
-                                    f"{state.step + 1}; stopping without saving ({kept})")
+            _refuse_nonfinite_run(nonfinite_run, cfg, state, log, ckpt_path)
             continue
         nonfinite_run = 0
         lr = optimizer_step(state)
@@ -237,9 +261,6 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
             break
 
     # --- teardown ----------------------------------------------------------
-    log.close()
-    if dist_info.enabled:
-        dist.barrier()
-        dist.destroy_process_group()
+    _teardown(log, dist_info)
     return {"step": state.step, "skipped_steps": state.skipped_steps, "skipped_windows": state.skipped_windows,
             "metrics": last, "checkpoint": str(ckpt_path), "stopped": stop}

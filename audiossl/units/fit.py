@@ -33,9 +33,11 @@ import hashlib
 import json
 import math
 import time
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,7 +58,8 @@ MODEL_RECORD = "kmeans.json"
 MODEL_ARRAYS = "kmeans.npz"
 FIT_IDS = "fit_ids.txt"
 MIN_STD = 1e-5  # a dimension more constant than this is not scaled
-STANDARDIZE = ("global", "utterance", "none")
+Standardize = Literal["global", "utterance", "none"]
+STANDARDIZE = typing.get_args(Standardize)
 
 
 class UnitsError(UserError, ValueError):
@@ -80,7 +83,7 @@ class FitSettings:
     # scale every dimension to zero mean and unit variance before clustering: "utterance" with each
     # utterance's own statistics (raised PNMI for every feature set of docs/benchmarks.md), "global" with the
     # fitting sample's, "none" not at all (True / False, what models fitted before recorded: global / none)
-    standardize: str = "utterance"
+    standardize: Standardize = "utterance"
 
     def __post_init__(self) -> None:
         self.standardize = standardize_mode(self.standardize)
@@ -253,6 +256,70 @@ def _settings_record(features: FeatureSet, split: str | Path | None, settings: F
             "max_frames": settings.max_frames, "standardize": settings.standardize, **asdict(settings.kmeans)}
 
 
+def _kept_model(out: Path, wanted: dict) -> UnitModel | None:
+    """The model already in ``out`` when it was fitted with the settings ``wanted``; None when there is none.
+
+    Raises:
+        UnitsError: ``out`` holds a model fitted with other settings.
+    """
+    if not (out / MODEL_RECORD).is_file():
+        return None
+    old = json.loads((out / MODEL_RECORD).read_text()).get("settings", {})
+    if "standardize" in old:
+        old["standardize"] = standardize_mode(old["standardize"])
+    differ = sorted(key for key in set(old) | set(wanted) if old.get(key) != wanted.get(key))
+    if differ:
+        raise UnitsError(f"{out} holds a units model fitted with other settings ({', '.join(differ)}); "
+                         "use another folder or delete this one")
+    return UnitModel(out)
+
+
+def _normalized_sample(features: FeatureSet, ids: Sequence[str], settings: FitSettings,
+                       progress: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The frames to fit on, normalized as ``settings.standardize`` says, and with ``global`` the sample's
+    mean and standard deviation (else None)."""
+    per_utterance = utterance_normalized if settings.standardize == "utterance" else None
+    sample = sample_frames(features, ids, settings.max_frames, settings.kmeans.seed, progress, per_utterance)
+    if not np.isfinite(sample).all():
+        raise UnitsError(f"{features.folder}: the sampled frames hold NaN or infinite values")
+    mean = std = None
+    if settings.standardize == "global":
+        mean, std = _moments(sample)
+        sample -= mean.astype(np.float32)  # in place: the sample may be gigabytes
+        sample /= std.astype(np.float32)
+    return sample, mean, std
+
+
+def _kmeans_with_progress(sample: np.ndarray, settings: KMeansSettings, device: torch.device, progress: bool,
+                          where: Path):
+    """:func:`minibatch_kmeans` on ``sample``, with a progress bar per epoch; its ValueError names ``where``."""
+    bar = tqdm(total=math.ceil(len(sample) / settings.batch_size), desc="k-means epoch 1", unit="batch",
+               disable=not progress, dynamic_ncols=True)
+
+    def on_batch(epoch: int, number: int, distance: float) -> None:
+        if number == 0 and epoch > 1:
+            bar.reset()
+            bar.set_description(f"k-means epoch {epoch}")
+        bar.update()
+        bar.set_postfix_str(f"mean squared distance {distance:.4g}")
+
+    try:
+        return minibatch_kmeans(torch.from_numpy(sample).to(device), settings, on_batch)
+    except ValueError as e:
+        raise UnitsError(f"{where}: {e}") from None
+    finally:
+        bar.close()
+
+
+def _save_model(out: Path, arrays: dict[str, np.ndarray], ids: Sequence[str], record: dict) -> None:
+    """The model folder's files, each atomically, ``kmeans.json`` last (a folder holding it is complete)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / MODEL_ARRAYS, lambda f: np.savez(f, **arrays))
+    ids_text = "".join(f"{u}\n" for u in ids)
+    atomic_write(out / FIT_IDS, lambda f: f.write(ids_text.encode()))
+    atomic_write(out / MODEL_RECORD, lambda f: f.write(json.dumps(record, indent=2).encode() + b"\n"))
+
+
 def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context", settings: FitSettings | None = None,
               split: str | Path | None = None, device: str | torch.device = "cpu",
               progress: bool = True) -> tuple[UnitModel, bool]:
@@ -279,15 +346,9 @@ def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context",
     features = FeatureSet(Path(features_dir) / layer)
     out = Path(out)
     wanted = _settings_record(features, split, settings)
-    if (out / MODEL_RECORD).is_file():
-        old = json.loads((out / MODEL_RECORD).read_text()).get("settings", {})
-        if "standardize" in old:
-            old["standardize"] = standardize_mode(old["standardize"])
-        differ = sorted(key for key in set(old) | set(wanted) if old.get(key) != wanted.get(key))
-        if differ:
-            raise UnitsError(f"{out} holds a units model fitted with other settings ({', '.join(differ)}); "
-                             "use another folder or delete this one")
-        return UnitModel(out), False
+    kept = _kept_model(out, wanted)
+    if kept is not None:
+        return kept, False
     ids, missing = split_ids(features, split)
     if missing:
         print(f"{len(missing)} utterance(s) of {split} have no features in {features.folder} and are left out, "
@@ -295,32 +356,9 @@ def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context",
     if not ids:
         raise UnitsError(f"no utterance of {split or features.folder} has features in {features.folder}")
     began = time.perf_counter()
-    per_utterance = utterance_normalized if settings.standardize == "utterance" else None
-    sample = sample_frames(features, ids, settings.max_frames, settings.kmeans.seed, progress, per_utterance)
-    if not np.isfinite(sample).all():
-        raise UnitsError(f"{features.folder}: the sampled frames hold NaN or infinite values")
-    mean = std = None
-    if settings.standardize == "global":
-        mean, std = _moments(sample)
-        sample -= mean.astype(np.float32)  # in place: the sample may be gigabytes
-        sample /= std.astype(np.float32)
+    sample, mean, std = _normalized_sample(features, ids, settings, progress)
     device = torch.device(device)
-    batches = math.ceil(len(sample) / settings.kmeans.batch_size)
-    bar = tqdm(total=batches, desc="k-means epoch 1", unit="batch", disable=not progress, dynamic_ncols=True)
-
-    def on_batch(epoch: int, number: int, distance: float) -> None:
-        if number == 0 and epoch > 1:
-            bar.reset()
-            bar.set_description(f"k-means epoch {epoch}")
-        bar.update()
-        bar.set_postfix_str(f"mean squared distance {distance:.4g}")
-
-    try:
-        result = minibatch_kmeans(torch.from_numpy(sample).to(device), settings.kmeans, on_batch)
-    except ValueError as e:
-        raise UnitsError(f"{features.folder}: {e}") from None
-    finally:
-        bar.close()
+    result = _kmeans_with_progress(sample, settings.kmeans, device, progress, features.folder)
     arrays = {"centroids": result.centroids.cpu().numpy().astype(np.float32)}
     if mean is not None:
         arrays.update(mean=mean, std=std)
@@ -337,11 +375,7 @@ def fit_units(features_dir: str | Path, out: str | Path, layer: str = "context",
                 "seconds": round(time.perf_counter() - began, 2), "device": str(device)},
         "audiossl": __version__, "torch": torch.__version__,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / MODEL_ARRAYS, lambda f: np.savez(f, **arrays))
-    ids_text = "".join(f"{u}\n" for u in ids)
-    atomic_write(out / FIT_IDS, lambda f: f.write(ids_text.encode()))
-    atomic_write(out / MODEL_RECORD, lambda f: f.write(json.dumps(record, indent=2).encode() + b"\n"))
+    _save_model(out, arrays, ids, record)
     return UnitModel(out), True
 
 

@@ -12,12 +12,16 @@ batched over many pairs at once, one anti-diagonal at a time. Both
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import numpy as np
 import torch
 
-__all__ = ["DISTANCES", "dtw_mean_cost", "pair_distances"]
+__all__ = ["DISTANCES", "Distance", "dtw_mean_cost", "pair_distances"]
 
-DISTANCES = ("angular", "cosine")
+Distance = Literal["angular", "cosine"]  # arccos(cos) / pi, or 1 - cos
+DISTANCES = typing.get_args(Distance)
 BATCH_ELEMENTS = 1 << 24  # floats per DTW batch, summed over its tensors
 
 

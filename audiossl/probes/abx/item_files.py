@@ -42,19 +42,20 @@ from __future__ import annotations
 
 import math
 import random
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from audiossl.features import FeatureSet
-from audiossl.models.baselines import BASELINES
 from audiossl.probes.abx.dtw import pair_distances
 from audiossl.probes.abx.items import ItemFile, ItemFileError, Items, frame_spans, number, read_item_file
 from audiossl.probes.abx.labels import average_cells
-from audiossl.probes.runner import Score, feature_sets_with_floors, listing, row_name, score_sets, scores
+from audiossl.probes.runner import RunOptions, Score, feature_sets_with_floors, listing, row_name, score_sets, scores
 from audiossl.probes.tasks import ProbeError
 from audiossl.settings import check_seed
 
@@ -68,14 +69,15 @@ __all__ = [
     "unit_frames",
 ]
 
-SPEAKER_MODES = ("within", "across")
-CONTEXT_MODES = ("within", "any")
+SpeakerMode = Literal["within", "across"]
+ContextMode = Literal["within", "any"]
+SPEAKER_MODES, CONTEXT_MODES = typing.get_args(SpeakerMode), typing.get_args(ContextMode)
 
 
 @dataclass
 class ItemABXSettings:
-    speaker_modes: tuple[str, ...] = SPEAKER_MODES  # within and/or across speakers
-    context_modes: tuple[str, ...] = CONTEXT_MODES  # within (same neighbours) and/or any context
+    speaker_modes: tuple[SpeakerMode, ...] = SPEAKER_MODES  # within and/or across speakers
+    context_modes: tuple[ContextMode, ...] = CONTEXT_MODES  # within (same neighbours) and/or any context
     max_size_group: int = 10  # items drawn per group (zrc-abx2's --max_size_group)
     max_x_across: int = 5  # X speakers drawn per A group across speakers (--max_x_across)
     seed: int = 3459  # the draws (zrc-abx2's default --seed)
@@ -330,23 +332,18 @@ def item_file_score(item_file: ItemFile, load, num_frames: Mapping[str, int], fr
     return result
 
 
-def item_file_probe(features_dir: str | Path, item_file: str | Path, layers: Sequence[str] = ("context",),
-                    baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
-                    settings: ItemABXSettings | None = None, device: str | torch.device = "cpu",
-                    num_workers: int = 0, progress: bool = True) -> dict:
+def item_file_probe(features_dir: str | Path, item_file: str | Path, layers: Sequence[str] = ("context",), *,
+                    settings: ItemABXSettings | None = None, options: RunOptions = RunOptions()) -> dict:
     """ABX error of each layer and baseline on an item file, per condition.
 
     Args:
         features_dir: an ``audiossl extract`` output folder.
         item_file: a Libri-light / ZeroSpeech item file.
         layers: sub-folders of ``features_dir`` to score.
-        baselines: hand-made features scored beside them (extracted for the
-            item file's utterances if missing).
-        data: a corpus folder or manifest holding the baselines' audio;
-            None: the files the features were extracted from.
         settings: conditions and sampling.
-        device: where baselines are extracted and distances computed.
-        num_workers: audio decoding processes for baseline extraction.
+        options: the floors (``mfcc``, ``logmel``) scored beside the layers
+            (extracted for the item file's utterances if missing) and their
+            audio, the device, the decoding workers, the progress bars.
 
     Returns:
         The report (see :func:`format_item_report`), a JSON-ready dict.
@@ -357,11 +354,11 @@ def item_file_probe(features_dir: str | Path, item_file: str | Path, layers: Seq
     except ItemFileError as e:
         raise ProbeError(str(e)) from None
     files = list(dict.fromkeys(items.file))
-    sets = feature_sets_with_floors(features_dir, layers, baselines, files, data, torch.device(device),
-                                    num_workers, progress)
+    sets = feature_sets_with_floors(features_dir, layers, files, options)
 
     def score(features: FeatureSet) -> dict:
-        found = item_file_score(items, features.load, features.num_frames, features.frame_rate, settings, device)
+        found = item_file_score(items, features.load, features.num_frames, features.frame_rate, settings,
+                                options.device)
         if not found["num_items"]:
             raise ProbeError(f"{features.folder}: no item of {item_file} has features ({len(files)} files named, "
                              f"e.g. {', '.join(files[:3])})")

@@ -17,7 +17,8 @@ within speakers and across speakers; this module follows them.
 - Frame rate: the features' own (zrc-abx2's ``feature_size``): a run of
   10 ms labels takes the feature frames it overlaps
   (:func:`audiossl.probes.tasks.label_spans`); ``context_frames`` counts them.
-- Triples: A and X share the centre phone, B has another one, and, with
+- Triples (:func:`audiossl.probes.abx.triples.sample_triples`): A and X
+  share the centre phone, B has another one, and, with
   ``context="triphone"``, A, B and X share the left and right phones
   (ZeroSpeech's "on phone, by context"). ``within``: A, B and X come from one
   speaker; ``across``: A and B from one speaker, X from another. Triphone
@@ -51,14 +52,14 @@ import torch
 
 from audiossl.data.alignments import load_alignments, load_phone_inventory, load_split
 from audiossl.features import FeatureSet
-from audiossl.models.baselines import BASELINES
-from audiossl.probes.abx.dtw import DISTANCES, pair_distances
+from audiossl.probes.abx.dtw import DISTANCES, Distance, pair_distances
 from audiossl.probes.abx.items import Items, find_items
+from audiossl.probes.abx.triples import CONDITIONS, CONTEXTS, Context, context_key, sample_triples
 from audiossl.probes.ctc.targets import silence_class
 from audiossl.probes.runner import (
+    RunOptions,
     Score,
     checked,
-    corpus_audio,
     dropped_lines,
     labelled_in_every_set,
     listing,
@@ -81,15 +82,13 @@ __all__ = [
     "sample_triples",
 ]
 
-CONDITIONS = ("within", "across")
-CONTEXTS = ("triphone", "none")
 SCORES = scores(Score("within", "within-speaker error", True), Score("across", "across-speaker error", True))
 
 
 @dataclass
 class ABXSettings:
-    context: str = "triphone"  # triphone: A, B, X share both neighbours; none: no context condition
-    distance: str = "angular"  # frame distance: angular = arccos(cos)/pi, or cosine = 1 - cos
+    context: Context = "triphone"  # triphone: A, B, X share both neighbours; none: no context condition
+    distance: Distance = "angular"  # frame distance: angular = arccos(cos)/pi, or cosine = 1 - cos
     max_triples_per_item: int = 20  # (A, B) pairs drawn per X item and condition; 0: all
     context_frames: int = 0  # neighbour frames added to each side of an item
     seed: int = 1  # triple sampling
@@ -102,109 +101,6 @@ class ABXSettings:
             raise ValueError(f"ABX settings: max_triples_per_item and context_frames must not be negative, "
                              f"got {self.max_triples_per_item}, {self.context_frames}")
         check_seed("seed", self.seed)
-
-
-def _context_key(items: Items, context: str) -> np.ndarray:
-    if context == "none":
-        return np.zeros(len(items), dtype=np.int64)
-    width = int(max(items.left.max(initial=0), items.right.max(initial=0))) + 1
-    return items.left * width + items.right
-
-
-def sample_triples(items: Items, condition: str, context: str = "triphone", max_per_item: int = 20,
-                   seed: int = 1, chunk: int = 4096) -> np.ndarray:
-    """(A, B, X) item triples of one condition, at most ``max_per_item`` per X.
-
-    Args:
-        items: from :func:`find_items`.
-        condition: ``within`` (A, B, X of one speaker) or ``across`` (A, B of
-            one speaker, X of another).
-        context: ``triphone`` (A, B, X share both neighbours) or ``none``.
-        max_per_item: most (A, B) pairs per X, drawn without replacement; 0: all.
-        seed: the draw; the same seed gives the same triples.
-        chunk: X items handled at once (bounds memory, not the result).
-
-    Returns:
-        (triples, 3) int64 item indices, columns A, B, X.
-    """
-    if condition not in CONDITIONS:
-        raise ValueError(f"condition {condition!r} is not one of {', '.join(CONDITIONS)}")
-    if context not in CONTEXTS:
-        raise ValueError(f"context {context!r} is not one of {', '.join(CONTEXTS)}")
-    count = len(items)
-    if count == 0:
-        return np.zeros((0, 3), dtype=np.int64)
-    rng = np.random.default_rng([seed, CONDITIONS.index(condition)])
-    key, centre = _context_key(items, context), items.centre
-    # Items sorted by (context, speaker, centre): each (context, speaker) group is a
-    # contiguous block, each centre phone a contiguous slice of it, each context a
-    # contiguous run of groups.
-    order = np.lexsort((np.arange(count), centre, items.speaker, key))
-    starts_group = np.r_[True, (np.diff(key[order]) != 0) | (np.diff(items.speaker[order]) != 0)]
-    group_sorted = np.cumsum(starts_group) - 1
-    group_start = np.flatnonzero(starts_group)
-    group_size = np.diff(np.r_[group_start, count])
-    group = np.empty(count, dtype=np.int64)
-    group[order] = group_sorted
-    position = np.empty(count, dtype=np.int64)
-    position[order] = np.arange(count) - group_start[group_sorted]
-    starts_context = np.r_[True, np.diff(key[order][group_start]) != 0]
-    context_first = np.flatnonzero(starts_context)  # first group of each context
-    context_size = np.diff(np.r_[context_first, len(group_start)])
-    context_of_group = np.cumsum(starts_context) - 1
-    width = int(centre.max()) + 1
-    slice_key = group_sorted * width + centre[order]
-    slice_start = np.flatnonzero(np.r_[True, np.diff(slice_key) != 0])
-    slice_keys, slice_size = slice_key[slice_start], np.diff(np.r_[slice_start, count])
-    slice_lo = slice_start - group_start[group_sorted[slice_start]]  # offset within the group
-
-    triples = []
-    for first in range(0, count, chunk):
-        x_ids = np.arange(first, min(first + chunk, count))
-        # One entry per (X, group the A and B come from).
-        if condition == "within":
-            entry_x, entry_group = x_ids, group[x_ids]
-        else:
-            contexts = context_of_group[group[x_ids]]
-            sizes = context_size[contexts]
-            entry_x = np.repeat(x_ids, sizes)
-            offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-            entry_group = np.repeat(context_first[contexts], sizes) + offsets
-            keep = entry_group != group[entry_x]
-            entry_x, entry_group = entry_x[keep], entry_group[keep]
-        wanted = entry_group * width + centre[entry_x]
-        found = np.minimum(np.searchsorted(slice_keys, wanted), len(slice_keys) - 1)
-        present = slice_keys[found] == wanted
-        lo = np.where(present, slice_lo[found], 0)
-        same = np.where(present, slice_size[found], 0)  # items of X's phone in the group
-        num_a = same - (condition == "within")  # within: X is not its own A
-        num_b = group_size[entry_group] - same
-        pairs = num_a * num_b
-        totals = np.bincount(entry_x - first, weights=pairs, minlength=len(x_ids)).astype(np.int64)
-        # Draw each X's pairs as flat indices into the concatenation of its entries' A x B grids.
-        draws, owners = [], []
-        for x, total in zip(x_ids, totals):
-            if total == 0:
-                continue
-            flat = (np.sort(rng.choice(total, size=max_per_item, replace=False))
-                    if max_per_item and total > max_per_item else np.arange(total))
-            draws.append(flat)
-            owners.append(np.full(len(flat), x))
-        if not draws:
-            continue
-        flat, owner = np.concatenate(draws), np.concatenate(owners)
-        ends = np.cumsum(pairs)
-        base = np.r_[0, np.cumsum(totals)][owner - first]  # X's first flat index in ``ends``
-        entry = np.searchsorted(ends, base + flat, side="right")
-        rest = base + flat - (ends[entry] - pairs[entry])
-        a, b = rest // num_b[entry], rest % num_b[entry]
-        a = lo[entry] + a
-        if condition == "within":
-            a = a + (a >= position[owner])  # skip X itself
-        b = np.where(b < lo[entry], b, b + same[entry])
-        block_start = group_start[entry_group[entry]]
-        triples.append(np.stack([order[block_start + a], order[block_start + b], owner], axis=1))
-    return np.concatenate(triples).astype(np.int64) if triples else np.zeros((0, 3), dtype=np.int64)
 
 
 def _group_means(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +150,7 @@ def abx_error(items: Items, triples: np.ndarray, d_ax: np.ndarray, d_bx: np.ndar
         return {"error": None, "num_triples": 0, "num_cells": 0, "num_phone_pairs": 0}
     a, b, x = triples.T
     errors = (d_ax > d_bx) + 0.5 * (d_ax == d_bx)
-    key = _context_key(items, context)
+    key = context_key(items, context)
     speaker = items.speaker[x] if condition == "within" else items.speaker[a] * len(items.speakers) + items.speaker[x]
     cells, means = _group_means(np.stack([items.centre[a], items.centre[b], speaker, key[x]], axis=1), errors)
     error, num_pairs = average_cells(cells, means)  # over contexts, then over speakers, then phone pairs
@@ -316,11 +212,9 @@ def abx_score(feats: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
     return result
 
 
-def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",),
-              baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
+def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",), *,
               split: str | Path | None = None, phones: str | Path | None = None,
-              settings: ABXSettings | None = None, device: str | torch.device = "cpu", num_workers: int = 0,
-              progress: bool = True) -> dict:
+              settings: ABXSettings | None = None, options: RunOptions = RunOptions()) -> dict:
     """ABX error of each layer and baseline on the utterances of ``split``.
 
     Utterances of the split without labels, or without features in some
@@ -333,22 +227,18 @@ def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence
             way; items are cut at the features' own frame shift).
         alignments: ``converted_aligned_phones.txt``.
         layers: sub-folders of ``features_dir`` to score.
-        baselines: hand-made features scored beside them (extracted if missing).
-        data: a corpus folder or manifest holding the baselines' audio;
-            None: the files the features were extracted from.
         split: utterance ids to draw items from (CPC's ``test_split.txt``);
             None: every utterance with features and labels.
         phones: the phone inventory: names the silence class (``SIL``) and
             bounds the labels; without it class 0 is silence.
         settings: contexts, distance, sampling.
-        device: where baselines are extracted and distances computed.
-        num_workers: audio decoding processes for baseline extraction.
+        options: the floors (``mfcc``, ``logmel``) probed beside the layers
+            and their audio, the device, the decoding workers, the progress bars.
 
     Returns:
         The report (see :func:`format_abx_report`), a JSON-ready dict.
     """
     settings = settings or ABXSettings()
-    device = torch.device(device)
     layer_sets = open_layers(features_dir, layers)
     at_label_rate(layer_sets)  # a rate that cannot be is refused before anything else is read
     num_classes = len(checked(load_phone_inventory, phones)) if phones is not None else None
@@ -358,16 +248,15 @@ def abx_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence
     listed = checked(load_split, split) if split is not None else list(reference.num_frames)
     unlabelled = [u for u in listed if u not in labels]
     labelled = [u for u in listed if u in labels]
-    sets = with_floors(layer_sets, baselines, labelled, device, num_workers, progress,
-                       corpus_audio(data, labelled, progress))
+    sets = with_floors(layer_sets, labelled, options)
     # One item set for every feature set: labels cut to the shortest features (counted at the labels' rate).
     ids, unextracted, utt_labels = labelled_in_every_set(at_label_rate(sets), labels, listed,
                                                          split or reference.folder, alignments)
     speakers = {u: reference.speakers[u] for u in ids}
 
     def score(features: FeatureSet) -> dict:
-        found = abx_score({u: features.load(u) for u in ids}, utt_labels, speakers, settings, silence, device,
-                          features.frame_rate)
+        found = abx_score({u: features.load(u) for u in ids}, utt_labels, speakers, settings, silence,
+                          options.device, features.frame_rate)
         return {"within": found["within"]["error"], "across": found["across"]["error"],
                 "num_items": found["num_items"], "conditions": {c: found[c] for c in CONDITIONS},
                 "frame_rate": {**frame_rate_record(features), "how": "items cut at the features' own frame shift"}}

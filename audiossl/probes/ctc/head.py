@@ -12,8 +12,10 @@ reference length.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,7 +44,8 @@ __all__ = [
     "transcribe",
 ]
 
-HEADS = ("linear", "bilstm")
+Head = Literal["linear", "bilstm"]
+HEADS = typing.get_args(Head)
 BLANK = 0
 DEFAULT_LR = {"linear": 3e-2, "bilstm": 2e-3}  # AdamW peak learning rate per head
 
@@ -51,7 +54,7 @@ DEFAULT_LR = {"linear": 3e-2, "bilstm": 2e-3}  # AdamW peak learning rate per he
 class CTCSettings:
     """The CTC probes' settings: the head, its training and the held-out split."""
 
-    head: str = "linear"  # linear: a projection per frame; bilstm: BiLSTM layers, then the projection
+    head: Head = "linear"  # linear: a projection per frame; bilstm: BiLSTM layers, then the projection
     hidden: int = 128  # BiLSTM units per direction
     lstm_layers: int = 1  # BiLSTM layers
     epochs: int = 60  # most passes over the training utterances

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 
 from audiossl.features import FeatureSet
-from audiossl.models.baselines import BASELINES
 from audiossl.probes.ctc.head import DEFAULT_LR, CTCSettings, error_rate, min_ctc_frames, train_ctc_head, transcribe
 from audiossl.probes.ctc.targets import (
     load_transcripts,
@@ -55,8 +54,8 @@ from audiossl.probes.ctc.targets import (
     transcripts_for,
 )
 from audiossl.probes.runner import (
+    RunOptions,
     Score,
-    corpus_audio,
     listing,
     open_layers,
     phone_labels,
@@ -112,12 +111,10 @@ def _run(task: str, sets: list[FeatureSet], train_ids: list[str], test_ids: list
             "test_utterances": len(test_ids), "settings": asdict(settings), "results": score_sets(sets, train_and_test)}
 
 
-def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",),
-                    baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
+def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Sequence[str] = ("context",), *,
                     phones: str | Path | None = None, keep_silence: bool = False,
                     train_split: str | Path | None = None, test_split: str | Path | None = None,
-                    settings: CTCSettings | None = None, device: str | torch.device = "cpu", num_workers: int = 0,
-                    progress: bool = True) -> dict:
+                    settings: CTCSettings | None = None, options: RunOptions = RunOptions()) -> dict:
     """CTC phone recognition from each layer and baseline; phone error rate on the test split.
 
     Every feature set is read at the alignments' 10 ms (the frame-rate rule of
@@ -130,22 +127,19 @@ def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Se
             whose ratio to 100 Hz is a whole number, either way).
         alignments: ``converted_aligned_phones.txt``; collapsed into phone sequences.
         layers: sub-folders of ``features_dir`` to probe.
-        baselines: hand-made features probed beside them (extracted if missing).
-        data: a corpus folder or manifest holding the baselines' audio;
-            None: the files the features were extracted from.
         phones: the phone inventory: the number of classes and the silence
             class (``SIL``); without it, the largest label + 1 and class 0.
         keep_silence: keep silence as a unit instead of dropping it.
         train_split, test_split: utterance id lists; neither: every fifth
             labelled utterance of each speaker is held out.
         settings: the head and its training.
-        device: where baselines are extracted and heads trained.
-        num_workers: audio decoding processes for baseline extraction.
+        options: the floors (``mfcc``, ``logmel``) probed beside the layers
+            and their audio, the device, the decoding workers, the progress bars.
 
     Returns:
         The report (see :func:`format_ctc_report`), a JSON-ready dict.
     """
-    settings, device = settings or CTCSettings(), torch.device(device)
+    settings = settings or CTCSettings()
     layer_sets = open_layers(features_dir, layers)
     at_label_rate(layer_sets)  # a rate that cannot be is refused before anything else is read
     labels, num_phones = phone_labels(alignments, phones)
@@ -154,24 +148,22 @@ def ctc_phone_probe(features_dir: str | Path, alignments: str | Path, layers: Se
     unlabelled = [u for u in train_ids + test_ids if u not in labels]
     train_ids, test_ids = [u for u in train_ids if u in labels], [u for u in test_ids if u in labels]
     targets = {u: phone_sequence(labels[u], silence) + 1 for u in train_ids + test_ids}
-    sets = at_label_rate(with_floors(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
-                                     corpus_audio(data, train_ids + test_ids, progress)))
+    sets = at_label_rate(with_floors(layer_sets, train_ids + test_ids, options))
 
     def score(ids: list[str], hyps: list[np.ndarray]) -> dict:
         return {"per": error_rate([(targets[u], h) for u, h in zip(ids, hyps)])}
 
-    report = _run("ctc-phone", sets, train_ids, test_ids, targets, num_phones + 1, score, settings, device, progress)
+    report = _run("ctc-phone", sets, train_ids, test_ids, targets, num_phones + 1, score, settings, options.device,
+                  options.progress)
     return {**report, "scores": scores(Score("per", "PER", True)), "metrics": ["per"], "unit": "phone",
             "num_units": num_phones - (silence is not None), "silence": silence, "unlabelled": listing(unlabelled),
             "frame_rate": report["results"][0]["frame_rate"]}
 
 
-def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: Sequence[str] = ("context",),
-                      baselines: Sequence[str] = tuple(BASELINES), *, data: str | Path | None = None,
+def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: Sequence[str] = ("context",), *,
                       vocab_size: int = 100, sp_type: str = "unigram", transcripts: Sequence[str | Path] = (),
                       train_split: str | Path | None = None, test_split: str | Path | None = None,
-                      settings: CTCSettings | None = None, device: str | torch.device = "cpu",
-                      num_workers: int = 0, progress: bool = True) -> dict:
+                      settings: CTCSettings | None = None, options: RunOptions = RunOptions()) -> dict:
     """CTC recognition of sentencepiece pieces; character and word error rates on the test split.
 
     Args:
@@ -179,9 +171,6 @@ def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: 
         units_path: the sentencepiece model file, trained on the training
             transcripts if absent, reused if made with the same settings and text.
         layers: sub-folders of ``features_dir`` to probe.
-        baselines: hand-made features probed beside them (extracted if missing).
-        data: a corpus folder or manifest holding the baselines' audio;
-            None: the files the features were extracted from.
         vocab_size: most pieces (``<unk>`` included).
         sp_type: ``unigram`` or ``bpe``.
         transcripts: transcript files or folders; none: the ``*.trans.txt``
@@ -189,13 +178,13 @@ def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: 
         train_split, test_split: utterance id lists; neither: every fifth
             transcribed utterance of each speaker is held out.
         settings: the head and its training.
-        device: where baselines are extracted and heads trained.
-        num_workers: audio decoding processes for baseline extraction.
+        options: the floors (``mfcc``, ``logmel``) probed beside the layers
+            and their audio, the device, the decoding workers, the progress bars.
 
     Returns:
         The report (see :func:`format_ctc_report`), a JSON-ready dict.
     """
-    settings, device = settings or CTCSettings(), torch.device(device)
+    settings = settings or CTCSettings()
     layer_sets = open_layers(features_dir, layers)
     reference = layer_sets[0]
     texts = load_transcripts(transcripts) if transcripts else transcripts_for(reference.utterances)
@@ -206,8 +195,7 @@ def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: 
     train_ids, test_ids = [u for u in train_ids if u in texts], [u for u in test_ids if u in texts]
     units = train_units([texts[u] for u in train_ids], units_path, vocab_size, sp_type)
     targets = {u: np.array(units.encode(texts[u]), dtype=np.int64) + 1 for u in train_ids + test_ids}
-    sets = with_floors(layer_sets, baselines, train_ids + test_ids, device, num_workers, progress,
-                       corpus_audio(data, train_ids + test_ids, progress))
+    sets = with_floors(layer_sets, train_ids + test_ids, options)
 
     def score(ids: list[str], hyps: list[np.ndarray]) -> dict:
         decoded = [normalize_text(units.decode(h - 1)) for h in hyps]
@@ -215,8 +203,8 @@ def ctc_subword_probe(features_dir: str | Path, units_path: str | Path, layers: 
                 "wer": error_rate([(texts[u].split(), d.split()) for u, d in zip(ids, decoded)]),
                 "examples": [{"id": u, "reference": texts[u], "decoded": d} for u, d in list(zip(ids, decoded))[:3]]}
 
-    report = _run("ctc-subword", sets, train_ids, test_ids, targets, units.size + 1, score, settings, device,
-                  progress)
+    report = _run("ctc-subword", sets, train_ids, test_ids, targets, units.size + 1, score, settings,
+                  options.device, options.progress)
     return {**report, "scores": scores(Score("cer", "CER", True), Score("wer", "WER", True)),
             "metrics": ["cer", "wer"], "unit": f"{sp_type} piece", "num_units": units.size,
             "units": str(units_path), "untranscribed": listing(untranscribed)}
