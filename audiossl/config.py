@@ -116,7 +116,7 @@ def objective_section() -> type:
 
     Built on first use, and cached.
     """
-    fields = [("objective", str, field(default="cpc"))]  # cpc | apc | mpc | npc: a key of OBJECTIVES
+    fields = [("objective", str, field(default="cpc"))]  # cpc | apc | mpc | npc | w2v2 | hubert: a key of OBJECTIVES
     for objective in OBJECTIVES.values():
         hints = typing.get_type_hints(objective.Settings)
         fields += [(f.name, hints[f.name], field(default=f.default))
@@ -153,6 +153,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "encoder_strides": [], "encoder_paddings": [], "context": "npc", "context_dim": 512,
                   "context_layers": 4, "context_residual": True, "context_dropout": 0.1,
                   "npc_vq_groups": 4, "npc_vq_codes": 64},
+    # Baevski et al. 2020 (wav2vec 2.0 Base, fairseq's wav2vec2_base_librispeech): bidirectional Transformer
+    # 12 x 768 (12 heads as fairseq's and the released models; the paper's text says 8), 3072 feed-forward,
+    # dropout 0.1, over our strided conv encoder at 512 channels (10 ms frames; the paper's 7 convs give 20 ms).
+    "w2v2_paper": {"objective": "w2v2", "encoder_channels": 512, "context": "transformer", "context_causal": False,
+                   "context_dim": 768, "context_layers": 12, "context_heads": 12, "context_ff_dim": 3072,
+                   "context_dropout": 0.1},
+    # Hsu et al. 2021 (HuBERT Base): the same network as w2v2_paper, k-means units as targets.
+    "hubert_paper": {"objective": "hubert", "encoder_channels": 512, "context": "transformer",
+                     "context_causal": False, "context_dim": 768, "context_layers": 12, "context_heads": 12,
+                     "context_ff_dim": 3072, "context_dropout": 0.1},
 }
 
 

@@ -87,7 +87,7 @@ def test_off_by_default_gives_todays_batches(tiny_corpus, tiny_overrides):
     dataset = WindowDataset(utterances, 3200, 16000, seed=cfg.train.seed)
     expected = collate_windows([dataset[w] for w in epoch_batches(dataset, 0, 4, "uniform")[0]])
     (batch,) = first_batches(cfg, tiny_corpus)
-    assert set(batch) == {"wavs", "lengths", "speakers", "ids"}  # read_errors is the stream's
+    assert set(batch) == {"wavs", "lengths", "speakers", "ids", "starts"}  # read_errors is the stream's
     assert_batches_equal(batch, {k: v for k, v in expected.items() if k != "read_errors"})
 
 

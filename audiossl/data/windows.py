@@ -82,7 +82,7 @@ class WindowDataset(Dataset):
         """The window's samples, or ``wav=None`` and ``error=(path, reason)`` if the file fails; ``key``
         (seed, epoch, index) names the window wherever it is read (its augmentation is seeded by it)."""
         utt = self.utterances[window.utt_index]
-        item = {"wav": None, "speaker": self.speaker_index[utt.speaker], "id": utt.id,
+        item = {"wav": None, "speaker": self.speaker_index[utt.speaker], "id": utt.id, "start": window.start,
                 "key": (self.seed, window.epoch, window.index)}
         try:
             item["wav"] = read_audio(utt.path, self.sample_rate, window.start, self.window_samples)
@@ -96,8 +96,9 @@ def collate_windows(items: list[dict]) -> dict:
 
     Returns:
         ``wavs`` (batch, samples), ``lengths`` (batch,), ``speakers``
-        (batch,), ``ids`` and ``read_errors`` (the (path, reason) of each
-        window that failed). When no window of the batch could be read,
+        (batch,), ``ids``, ``starts`` (each window's first sample in its
+        utterance) and ``read_errors`` (the (path, reason) of each window
+        that failed). When no window of the batch could be read,
         ``wavs`` is None.
     """
     items, errors = fill_failed(items)
@@ -109,6 +110,7 @@ def collate_windows(items: list[dict]) -> dict:
         "lengths": torch.full((len(items),), wavs.shape[1], dtype=torch.long),
         "speakers": torch.tensor([it["speaker"] for it in items], dtype=torch.long),
         "ids": [it["id"] for it in items],
+        "starts": [it["start"] for it in items],  # a list: it stays on the host
         "read_errors": errors,
     }
 

@@ -11,7 +11,9 @@ an objective's name. Each class also owns its settings and their checks:
   cannot train, raising ``ConfigError``; it runs only when it is the chosen
   objective (another objective's settings are not read, so not checked);
 - ``check_window(cfg, num_frames)``: refuse a training window too short for it;
-- ``from_config(cfg, model)``: build it for a model.
+- ``from_config(cfg, model)``: build it for a model;
+- optionally ``check_corpus(frame_counts)``: refuse a training corpus it cannot train on (HuBERT: units
+  files without one unit per frame), given each utterance's id and frame count before the first step.
 
 Adding an objective is one module with such a class plus one line below.
 """
@@ -24,8 +26,10 @@ from torch import nn
 
 from audiossl.objectives.apc import APCObjective
 from audiossl.objectives.cpc import CPCObjective
+from audiossl.objectives.hubert import HubertObjective
 from audiossl.objectives.mpc import MPCObjective
 from audiossl.objectives.npc import NPCObjective
+from audiossl.objectives.w2v2 import W2V2Objective
 from audiossl.settings import ConfigError
 
 if TYPE_CHECKING:  # annotations only: the config module imports the objectives' registry
@@ -36,6 +40,8 @@ OBJECTIVES: dict[str, type[nn.Module]] = {
     "apc": APCObjective,
     "mpc": MPCObjective,
     "npc": NPCObjective,
+    "w2v2": W2V2Objective,
+    "hubert": HubertObjective,
 }
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from audiossl.models.lengths import length_mask
+from audiossl.objectives.masking import choose_distinct
 from audiossl.objectives.reconstruction import LogMelTargets, masked_l1
 from audiossl.settings import ConfigError, check_choices
 
@@ -97,12 +98,8 @@ def sample_spans(lengths: torch.Tensor, proportion: float, span: int) -> tuple[t
         empty = torch.zeros(batch, 0, dtype=torch.long, device=device)
         return empty, empty.bool()
     slots = lengths - count * (span - 1)  # >= count
-    width = int(slots.max())
-    keys = torch.rand(batch, width, device=device)
-    keys = keys.masked_fill(~length_mask(slots, width), 2.0)  # never among the count smallest
-    chosen = keys.argsort(dim=1)[:, :num_spans]
+    chosen = choose_distinct(count, slots, num_spans)
     valid = torch.arange(num_spans, device=device)[None, :] < count[:, None]
-    chosen = chosen.masked_fill(~valid, width).sort(dim=1).values
     starts = chosen + torch.arange(num_spans, device=device)[None, :] * (span - 1)
     return starts.masked_fill(~valid, 0), valid
 

@@ -66,7 +66,8 @@ def _step_lines(ax, curves: Mapping[int, Curve], label: str) -> None:
 
 def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None = None,
                   accuracy: Curve | None = None, accuracy_per_step: Mapping[int, Curve] | None = None,
-                  mi_bound_per_step: Mapping[int, Curve] | None = None, title: str = "training") -> Path:
+                  mi_bound_per_step: Mapping[int, Curve] | None = None, title: str = "training",
+                  perplexity: Curve | None = None) -> Path:
     """Training curves, one panel per quantity given.
 
     Args:
@@ -77,6 +78,7 @@ def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None 
         accuracy_per_step: ``{k: curve}``, CPC's accuracy of predicting ``z_{t+k}``.
         mi_bound_per_step: ``{k: curve}``, ``log(N + 1) - L_k`` in nats.
         title: the figure's title.
+        perplexity: wav2vec 2.0's codebook perplexity (summed over groups).
 
     Raises:
         ValueError: if no curve is given.
@@ -88,6 +90,8 @@ def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None 
         panels.append(("accuracy", "accuracy (positive ranked first)"))
     if mi_bound_per_step:
         panels.append(("mi", "mutual-information bound (nats)"))
+    if perplexity is not None:
+        panels.append(("perplexity", "codebook perplexity"))
     if lr is not None:
         panels.append(("lr", "learning rate"))
     if not panels:
@@ -109,6 +113,9 @@ def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None 
                 ax.legend(title="prediction step" if accuracy_per_step else None, fontsize="small",
                           ncol=2 if accuracy_per_step and len(accuracy_per_step) > 6 else 1)
             ax.set_title("accuracy per prediction step" if accuracy_per_step else "accuracy")
+        elif name == "perplexity":
+            ax.plot(*perplexity, color="tab:green")
+            ax.set_title("codebook perplexity (sum over groups)")
         elif name == "mi":
             _step_lines(ax, mi_bound_per_step, "k=")
             ax.set_title(r"InfoNCE bound on $I(x_{t+k};\, c_t)$")

@@ -96,7 +96,8 @@ def _training(inp: PageInputs, path: Path) -> list[str]:
     per_step = {name: per_step_curves(scalars, name) for name in ("accuracy", "loss", "mi_bound")}
     figures.plot_training(path, scalars.get("train/loss"), scalars.get("train/lr"), scalars.get("train/accuracy"),
                           per_step["accuracy"], per_step["mi_bound"],
-                          title=f"{config.get('objective', 'pretraining')} training: {inp.exp_dir.name}")
+                          title=f"{config.get('objective', 'pretraining')} training: {inp.exp_dir.name}",
+                          perplexity=scalars.get("train/prob_perplexity"))
     rows = [(tag.split("/", 1)[1], int(steps[-1]), f"{values[-1]:.4g}")
             for tag, (steps, values) in sorted(scalars.items()) if tag.startswith("train/")]
     text = [f"Scalars from `{tb}`." if tb.is_dir() else f"Scalars from `{log}`.", "",

@@ -60,6 +60,15 @@ def build_pretrainer(cfg: Config) -> Pretrainer:
     return Pretrainer(model, build_objective(cfg, model))
 
 
+def check_corpus(module: Pretrainer, dataset, cfg: Config) -> None:
+    """Let an objective that reads per-utterance data (HuBERT's units) refuse the corpus before the first step."""
+    check = getattr(module.objective, "check_corpus", None)
+    if check is not None:
+        samples = torch.tensor([u.samples_at(cfg.data.sample_rate) for u in dataset.utterances])
+        frames = module.model.output_lengths(samples).tolist()
+        check({u.id: n for u, n in zip(dataset.utterances, frames)})
+
+
 def wrap_module(module: Pretrainer, cfg: Config, dist_info: Distributed, device: torch.device) -> nn.Module:
     """What the loop calls: ``module`` under DDP and compiled as asked; checkpoints save the plain one."""
     wrapped = module
@@ -210,6 +219,7 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
         check_resumable(cfg, saved, ckpt_path)
     module = build_pretrainer(cfg)
     dataset = load_windows(cfg, data, exp_dir, dist_info, progress, strict)
+    check_corpus(module, dataset, cfg)
 
     # --- optimizer, resume -------------------------------------------------
     state = TrainState.fresh(cfg, module.to(device))

@@ -6,7 +6,7 @@
 #       --cpc-labels /data/LibriSpeech100_labels_split [--objective cpc] [--stage N] [--stop-stage M]
 #
 # Stages (each is safe to re-run; training and extraction resume, finished probes are kept):
-#   0 check inputs   1 manifest   2 pretrain   3 extract
+#   0 check inputs   1 manifest   2 pretrain (hubert: k-means targets first, two iterations)   3 extract
 #   4 phone probe    5 speaker probe   6 ABX   7 CTC phone recognition   8 CTC subword recognition
 #   9 discrete units (k-means, unit sequences, purity / PNMI / ABX)
 #   10 report (figures and tables: $exp/$objective/report/report.md)
@@ -16,7 +16,7 @@ set -euo pipefail
 librispeech_root=          # folder holding train-clean-100/
 subset=train-clean-100
 cpc_labels=                # folder with converted_aligned_phones.txt, train_split.txt, test_split.txt
-objective=cpc              # cpc | apc | mpc | npc
+objective=cpc              # cpc | apc | mpc | npc | w2v2 | hubert
 config=                    # default: recipes/conf/${objective}_libri.yaml
 train_overrides=           # extra key=value settings for training, space separated
 layer=context              # layer to probe
@@ -29,8 +29,12 @@ units_k=50                 # discrete units: k-means sizes, space separated, e.g
 units_overrides=           # extra options for audiossl units fit, e.g. "--max-frames 2000000"
 nproc=1                    # processes for pretraining (torchrun on one node when > 1)
 data=                      # use this corpus folder instead of $librispeech_root/$subset
+hubert_iterations=2        # hubert on k-means units: 1 (MFCC units) or 2 (then units of the iteration-1 model)
+hubert_k1=100              # hubert: k-means size on MFCC (iteration 1)
+hubert_k2=500              # hubert: k-means size on the iteration-1 model's layer (iteration 2)
+hubert_layer=              # hubert: that layer (default: context_<L/2>, the paper's layer 6 of 12)
 
-options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides ctc_overrides units_k units_overrides nproc data"
+options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides ctc_overrides units_k units_overrides nproc data hubert_iterations hubert_k1 hubert_k2 hubert_layer"
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$0")] $*"; }
 
@@ -94,18 +98,63 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   fi
 fi
 
-if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
-  log "stage 2: pretrain $objective ($config)"
-  launcher=(audiossl)
+# pretrain NAME EXP_DIR [key=value ...]: train into EXP_DIR (resuming), logged as NAME.
+pretrain() {
+  local name="$1" dir="$2"; shift 2
+  local launcher=(audiossl)
   if [ "$nproc" -gt 1 ]; then launcher=(torchrun --standalone --nproc_per_node "$nproc" -m audiossl.cli); fi
-  # shellcheck disable=SC2086
   # Exit 3: the config's max_minutes budget is spent and a checkpoint written; the later stages use it
   # (running stage 2 again continues the training). Any other failure stops the recipe.
-  rc=0
-  step pretrain "${launcher[@]}" train --config "$config" --data "$run/manifest.tsv" --exp-dir "$run/pretrain" \
-    $train_overrides || rc=$?
-  if [ "$rc" = 3 ]; then log "pretrain: time budget spent; continuing with its checkpoint"
+  local rc=0
+  # shellcheck disable=SC2086
+  step "$name" "${launcher[@]}" train --config "$config" --data "$run/manifest.tsv" --exp-dir "$dir" \
+    $train_overrides "$@" || rc=$?
+  if [ "$rc" = 3 ]; then log "$name: time budget spent; continuing with its checkpoint"
   elif [ "$rc" != 0 ]; then exit "$rc"; fi
+}
+
+# hubert_units NAME FEATURES LAYER K: k-means on the training split of FEATURES' LAYER, units of every utterance
+# in NAME/units/assign (HuBERT's targets).
+hubert_units() {
+  local name="$1" features="$2" layer_name="$3" k="$4"
+  # shellcheck disable=SC2086
+  step "${name}_units_fit" audiossl units fit --features "$features" --layer "$layer_name" --k "$k" \
+    --split "$train_split" --out "$run/$name/units" --no-progress $units_overrides
+  step "${name}_units_assign" audiossl units assign --units "$run/$name/units" --features "$features" \
+    --out "$run/$name/units/assign" --onehot none --no-progress
+}
+
+# The config's hubert_targets (a train override wins): empty means the recipe makes k-means units.
+hubert_targets=$(sed -n 's/^hubert_targets:[[:space:]]*\([^#[:space:]]*\).*/\1/p' "$config" | tail -n 1)
+for kv in $train_overrides; do case "$kv" in hubert_targets=*) hubert_targets="${kv#*=}" ;; esac; done
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  if [ "$objective" != hubert ] || [ -n "$hubert_targets" ]; then
+    log "stage 2: pretrain $objective ($config)"
+    pretrain pretrain "$run/pretrain"
+  else
+    log "stage 2: HuBERT iteration 1: k-means (k = $hubert_k1) on MFCC"
+    step hubert_it1_mfcc audiossl extract --baseline mfcc --data "$run/manifest.tsv" --out "$run/hubert_it1/features" \
+      --dtype float16 --no-progress
+    hubert_units hubert_it1 "$run/hubert_it1/features" mfcc "$hubert_k1"
+    targets=(hubert_targets="$run/hubert_it1/units/assign" hubert_num_units="$hubert_k1")
+    if [ "$hubert_iterations" -ge 2 ]; then
+      log "stage 2: HuBERT iteration 1: pretrain ($config)"
+      pretrain pretrain_it1 "$run/hubert_it1/pretrain" "${targets[@]}"
+      it2_layer="$hubert_layer"
+      if [ -z "$it2_layer" ]; then
+        layers=$(sed -n 's/^context_layers:[[:space:]]*//p' "$run/hubert_it1/pretrain/config.yaml")
+        it2_layer="context_$(( layers / 2 > 0 ? layers / 2 : 1 ))"
+      fi
+      log "stage 2: HuBERT iteration 2: k-means (k = $hubert_k2) on the iteration-1 model's $it2_layer"
+      step hubert_it2_extract audiossl extract --ckpt "$run/hubert_it1/pretrain/checkpoint.pt" \
+        --data "$run/manifest.tsv" --out "$run/hubert_it2/features" --layer "$it2_layer" --dtype float16 --no-progress
+      hubert_units hubert_it2 "$run/hubert_it2/features" "$it2_layer" "$hubert_k2"
+      targets=(hubert_targets="$run/hubert_it2/units/assign" hubert_num_units="$hubert_k2")
+    fi
+    log "stage 2: pretrain $objective ($config) on ${targets[0]#*=}"
+    pretrain pretrain "$run/pretrain" "${targets[@]}"
+  fi
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then

@@ -5,7 +5,7 @@
 # from trained either way, and this saves a third of the time after
 # pretraining (--ctc-overrides "epochs=60" restores the default).
 #
-#   recipes/mini/run.sh [--objective cpc|apc|mpc|npc] [--stage N] [--stop-stage M] [any librispeech option]
+#   recipes/mini/run.sh [--objective cpc|apc|mpc|npc|w2v2|hubert] [--stage N] [--stop-stage M] [any librispeech option]
 #
 # Results: exp/mini/<objective>/report/report.md (figures and tables)
 set -euo pipefail
