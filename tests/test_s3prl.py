@@ -43,12 +43,7 @@ MODELS = {  # settings, and the layers the expert gives as hidden states
 }
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads cost more than they give
 
 
 def checkpoint(tmp_path: Path, settings: dict) -> Path:
