@@ -50,6 +50,18 @@ def synth_utterance(rng: np.random.Generator, num_samples: int, sample_rate: int
     return wav.astype(np.float32)
 
 
+def build_tiny(overrides: dict):
+    """(config, model, objective) of ``overrides``, the weights seeded by 0."""
+    from audiossl.config import build_config
+    from audiossl.models.model import build_model
+    from audiossl.objectives import build_objective
+
+    torch.manual_seed(0)
+    cfg = build_config(overrides=overrides)
+    model = build_model(cfg.model, cfg.data.sample_rate)
+    return cfg, model, build_objective(cfg, model)
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path: Path) -> Path:
     """``<root>/train-clean-100/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``.

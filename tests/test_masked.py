@@ -16,8 +16,6 @@ import torch.nn.functional as F
 from audiossl.checkpoint import load_checkpoint
 from audiossl.cli import main
 from audiossl.config import ConfigError, build_config
-from audiossl.models.model import build_model
-from audiossl.objectives import build_objective
 from audiossl.objectives.hubert import unit_logits
 from audiossl.objectives.hubert_targets import RandomProjectionTargets, TargetsError, UnitTargets, window_shift
 from audiossl.objectives.masking import span_mask
@@ -26,7 +24,7 @@ from audiossl.objectives.w2v2 import contrastive_loss, gather_masked, sample_neg
 from audiossl.train import train
 from audiossl.train.log import TRAIN_LOG
 
-from conftest import package_env
+from conftest import build_tiny, package_env
 
 WAVE = {"encoder_channels": 16, "context": "transformer", "context_causal": False, "context_dim": 16,
         "context_layers": 2, "context_heads": 2, "context_ff_dim": 32}
@@ -42,10 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads cost 
 
 
 def build(name: str, **overrides):
-    torch.manual_seed(0)
-    cfg = build_config(overrides={**TINY[name], **overrides})
-    model = build_model(cfg.model, cfg.data.sample_rate)
-    return cfg, model, build_objective(cfg, model)
+    return build_tiny({**TINY[name], **overrides})
 
 
 def runs(row: torch.Tensor) -> list[int]:

@@ -17,6 +17,8 @@ from audiossl.objectives import build_objective
 from audiossl.objectives.mpc import KEPT, RANDOM, ZEROED, SpanMasker
 from audiossl.train import train
 
+from conftest import build_tiny
+
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 LOGMEL = {"frontend": "logmel", "n_mels": 16, "cmvn": True, "encoder_kernels": [], "encoder_strides": [],
           "encoder_paddings": [], "context_dim": 32}
@@ -37,10 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads cost 
 
 
 def build(name: str, **overrides):
-    torch.manual_seed(0)
-    cfg = build_config(overrides={**TINY[name], **overrides})
-    model = build_model(cfg.model, cfg.data.sample_rate)
-    return cfg, model, build_objective(cfg, model)
+    return build_tiny({**TINY[name], **overrides})
 
 
 def chirps(batch: int, seconds: float, seed: int = 0) -> torch.Tensor:
