@@ -72,6 +72,7 @@ class ModelConfig:
     # conv (conv, norm, ReLU), log_envelope (first conv's channel pairs -> log band power)
     encoder_first: Literal["conv", "log_envelope"] = "conv"
     encoder_envelope_pool: int = 1  # log_envelope: odd count of first-conv frames whose band power is averaged
+    encoder_activation: Literal["relu", "gelu"] = "relu"  # after each conv block's norm (wav2vec 2.0's: gelu)
     context: Literal["gru", "lstm", "transformer", "none", "npc"] = "gru"  # npc: NPC's masked-conv blocks
     context_dim: int = 256  # hidden size of the context network
     context_layers: int = 1  # recurrent or Transformer layers
@@ -81,6 +82,12 @@ class ModelConfig:
     context_ff_dim: int = 1024  # Transformer feed-forward size
     context_dropout: float = 0.0  # dropout inside the context network
     context_max_frames: int = 4096  # longest sequence the positional encoding covers
+    # Transformer positions: sinusoidal (added, absolute) | conv (wav2vec 2.0's grouped convolution, relative)
+    context_position: Literal["sinusoidal", "conv"] = "sinusoidal"
+    context_conv_pos_kernel: int = 128  # conv positions: kernel in frames (wav2vec 2.0's 128)
+    context_conv_pos_groups: int = 16  # conv positions: groups (wav2vec 2.0's 16)
+    # layer norm of z before the context network (wav2vec 2.0's and HuBERT's, which their feature penalty needs)
+    context_input_norm: bool = False
 
     @property
     def bidirectional(self) -> bool:
@@ -156,13 +163,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Baevski et al. 2020 (wav2vec 2.0 Base, fairseq's wav2vec2_base_librispeech): bidirectional Transformer
     # 12 x 768 (12 heads as fairseq's and the released models; the paper's text says 8), 3072 feed-forward,
     # dropout 0.1, over our strided conv encoder at 512 channels (10 ms frames; the paper's 7 convs give 20 ms).
+    # Both: fairseq's layer norm of z before the Transformer (context_input_norm), which its feature penalty needs.
     "w2v2_paper": {"objective": "w2v2", "encoder_channels": 512, "context": "transformer", "context_causal": False,
-                   "context_dim": 768, "context_layers": 12, "context_heads": 12, "context_ff_dim": 3072,
-                   "context_dropout": 0.1},
+                   "context_input_norm": True, "context_dim": 768, "context_layers": 12, "context_heads": 12,
+                   "context_ff_dim": 3072, "context_dropout": 0.1},
     # Hsu et al. 2021 (HuBERT Base): the same network as w2v2_paper, k-means units as targets.
     "hubert_paper": {"objective": "hubert", "encoder_channels": 512, "context": "transformer",
-                     "context_causal": False, "context_dim": 768, "context_layers": 12, "context_heads": 12,
-                     "context_ff_dim": 3072, "context_dropout": 0.1},
+                     "context_input_norm": True, "context_causal": False, "context_dim": 768, "context_layers": 12,
+                     "context_heads": 12, "context_ff_dim": 3072, "context_dropout": 0.1},
 }
 
 
@@ -288,6 +296,7 @@ def validate(cfg: Config) -> None:
         "context_heads": m.context_heads, "context_ff_dim": m.context_ff_dim, "batch_size": t.batch_size,
         "max_steps": t.max_steps, "accumulate": t.accumulate, "log_every": t.log_every,
         "ckpt_every": t.ckpt_every, "max_nonfinite": t.max_nonfinite, "context_max_frames": m.context_max_frames,
+        "context_conv_pos_kernel": m.context_conv_pos_kernel, "context_conv_pos_groups": m.context_conv_pos_groups,
     })
     for key in ("encoder_kernels", "encoder_strides"):
         if any(v <= 0 for v in getattr(m, key)):
@@ -302,6 +311,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'context_layers' must be positive, got {m.context_layers}")
     if m.context == "transformer" and m.context_dim % m.context_heads:
         raise ConfigError(f"context_dim {m.context_dim} is not divisible by context_heads {m.context_heads}")
+    if m.context == "transformer" and m.context_position == "conv" and m.context_causal:
+        raise ConfigError("context_position: conv reads future frames; a causal Transformer (context_causal: true) "
+                          "needs context_position: sinusoidal")
+    if m.context == "transformer" and m.context_position == "conv" and m.context_dim % m.context_conv_pos_groups:
+        raise ConfigError(f"context_dim {m.context_dim} is not divisible by context_conv_pos_groups "
+                          f"{m.context_conv_pos_groups}")
     positive({"lr": t.lr})
     if not 0.0 <= m.context_dropout < 1.0:
         raise ConfigError(f"config key 'context_dropout' must be in [0, 1), got {m.context_dropout}")

@@ -27,7 +27,7 @@ from audiossl.train.log import TRAIN_LOG
 from conftest import build_tiny, package_env
 
 WAVE = {"encoder_channels": 16, "context": "transformer", "context_causal": False, "context_dim": 16,
-        "context_layers": 2, "context_heads": 2, "context_ff_dim": 32}
+        "context_layers": 2, "context_heads": 2, "context_ff_dim": 32, "context_input_norm": True}
 TINY = {
     "w2v2": {**WAVE, "objective": "w2v2", "w2v2_mask_prob": 0.2, "w2v2_mask_span": 4, "w2v2_negatives": 5,
              "w2v2_codebook_groups": 2, "w2v2_codebook_entries": 8, "w2v2_final_dim": 8},
@@ -88,6 +88,21 @@ def test_the_context_never_sees_a_masked_frames_features():
     assert mask.any() and torch.equal(before[-1], after[-1])
     unmasked = torch.where(mask[..., None], z, z + 1.0)
     assert not torch.equal(masking.contextualize(model, unmasked, lengths, mask)[0][-1], before[-1])
+
+
+def test_the_input_norm_keeps_the_feature_penalty_from_starving_the_context():
+    # fairseq's layer norm after the feature penalty: the context reads each frame's z whatever its scale, so
+    # the penalty can shrink z without shrinking what the context sees (without the norm it zeroed z).
+    for preset in ("w2v2_paper", "hubert_paper"):
+        assert build_config(overrides={"preset": preset}).model.context_input_norm
+    cfg, model, objective = build("hubert")
+    model.eval()
+    z, lengths = torch.randn(2, 30, model.encoder_dim), torch.tensor([30, 25])
+    full, shrunk = model.contextualize(z, lengths)[0][-1], model.contextualize(z * 0.1, lengths)[0][-1]
+    assert torch.allclose(full, shrunk, atol=1e-2)
+    plain = build("hubert", context_input_norm=False)[1].eval()
+    assert not torch.allclose(plain.contextualize(z, lengths)[0][-1], plain.contextualize(z * 0.1, lengths)[0][-1],
+                              atol=1e-2)
 
 
 def test_masked_objectives_refuse_a_causal_or_recurrent_context():
@@ -154,7 +169,8 @@ def naive_contrastive(x, y, mask, negatives, ids, kappa):
                               F.cosine_similarity(x[b, t], y[b, u], dim=0))
             logits = torch.stack(scores) / kappa
             losses.append(-torch.log_softmax(logits, 0)[0])
-            correct.append(float(pos > max(scores[1:])))
+            others = [s for s in scores[1:] if s > -math.inf]
+            correct.append(float(bool(others) and pos > max(others)))  # nothing to tell apart: wrong
     return torch.stack(losses).mean(), sum(correct) / len(correct)
 
 
@@ -174,6 +190,14 @@ def test_contrastive_loss_equals_a_naive_reference():
     expected, expected_accuracy = naive_contrastive(x, y, mask, negatives, ids, 0.1)
     assert float(loss) == pytest.approx(float(expected), abs=1e-5)
     assert float(accuracy) == pytest.approx(expected_accuracy)
+
+
+def test_a_collapsed_codebook_scores_accuracy_zero_not_one():
+    # Every target the same code: every distractor is left out, the loss is 0, and nothing was discriminated.
+    x, y = torch.randn(1, 5, 4), torch.randn(1, 5, 4)
+    valid, negatives = torch.ones(1, 5, dtype=torch.bool), sample_negatives(torch.ones(1, 5, dtype=torch.bool), 3)
+    loss, accuracy = contrastive_loss(x, y, valid, negatives, torch.zeros(1, 5, dtype=torch.long))
+    assert float(loss) == 0.0 and float(accuracy) == 0.0
 
 
 def test_hubert_loss_equals_a_naive_reference():
@@ -214,8 +238,12 @@ def test_a_window_gets_the_units_of_its_frames(tmp_path):
     assert got[3].tolist() == [7] * 20
     assert window_shift(100 * 160 - 3200 + 100, 160, 20, 100) == 80  # kept inside the sequence
     targets.check({"a": 100, "b": 50})
-    with pytest.raises(TargetsError, match="utterance b has 50 units, but the model gives 51 frames"):
-        targets.check({"a": 100, "b": 51})
+    # One frame either way is a convention for the last partial 10 ms (the MFCC floor's n // 160 against a
+    # padded conv encoder's one more): accepted, and a whole-utterance window repeats the last unit.
+    targets.check({"a": 99, "b": 51})
+    assert targets.windows(["b"], [0], 51, 160)[0].tolist() == [7] * 51
+    with pytest.raises(TargetsError, match="utterance b has 50 units, but the model gives 52 frames"):
+        targets.check({"a": 100, "b": 52})
     with pytest.raises(TargetsError, match="no units for utterance c"):
         targets.check({"a": 100, "c": 10})
     with pytest.raises(TargetsError, match="utterance a has unit 99, but hubert_num_units is 50"):

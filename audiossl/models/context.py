@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from audiossl.models.lengths import length_mask
@@ -99,20 +100,57 @@ class SinusoidalPosition(nn.Module):
         return x + self.table[: x.shape[1]].to(x.dtype)
 
 
+class ConvPosition(nn.Module):
+    """wav2vec 2.0's relative positions: x + GELU(a grouped convolution over the frames of x).
+
+    The convolution spans ``kernel`` frames centred on each frame (an even
+    kernel's last output frame dropped, fairseq's ``SamePad``), its weight
+    normalized over all but the kernel axis (``weight_norm(dim=2)``), so its
+    parameters are named and shaped as transformers' ``pos_conv_embed.conv``.
+    Frames past each sequence's end are zeroed first, so padding never reaches
+    a valid frame.
+    """
+
+    def __init__(self, dim: int, kernel: int = 128, groups: int = 16):
+        super().__init__()
+        conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
+        nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4.0 / (kernel * dim)))  # fairseq's init
+        nn.init.zeros_(conv.bias)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.trim = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = x * valid.unsqueeze(-1)
+        y = self.conv(x.transpose(1, 2))
+        if self.trim:
+            y = y[..., :-self.trim]
+        return x + F.gelu(y).transpose(1, 2)
+
+
 class TransformerContext(ContextNetwork):
     """Pre-norm Transformer encoder layers over the encoded frames.
 
     Args:
         causal: each frame attends only to itself and the past (CPC, APC);
             False gives the bidirectional encoder of MPC (Mockingjay, TERA).
+        position: ``sinusoidal`` (:class:`SinusoidalPosition`, up to ``max_frames``) | ``conv``
+            (:class:`ConvPosition` of ``conv_pos`` = (kernel, groups); bidirectional only).
     """
 
     def __init__(self, in_dim: int, dim: int, num_layers: int, heads: int, ff_dim: int,
-                 dropout: float = 0.0, causal: bool = True, max_frames: int = 4096):
+                 dropout: float = 0.0, causal: bool = True, max_frames: int = 4096, position: str = "sinusoidal",
+                 conv_pos: tuple[int, int] = (128, 16)):
         super().__init__()
         self.causal = causal
         self.project = nn.Linear(in_dim, dim) if in_dim != dim else nn.Identity()
-        self.position = SinusoidalPosition(dim, max_frames)
+        if position == "conv":
+            if causal:
+                raise ValueError("conv positions read future frames; a causal Transformer needs sinusoidal ones")
+            self.position = ConvPosition(dim, *conv_pos)
+        elif position == "sinusoidal":
+            self.position = SinusoidalPosition(dim, max_frames)
+        else:
+            raise ValueError(f"unknown Transformer positions {position!r}")
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout, batch_first=True, norm_first=True)
             for _ in range(num_layers))
@@ -128,7 +166,8 @@ class TransformerContext(ContextNetwork):
         attn_mask = None
         if self.causal:
             attn_mask = torch.ones(frames, frames, dtype=torch.bool, device=x.device).triu(1)
-        x = self.position(self.project(x))
+        x = self.project(x)
+        x = self.position(x, valid) if isinstance(self.position, ConvPosition) else self.position(x)
         outputs = []
         for i, layer in enumerate(self.layers):
             x = layer(x, src_mask=attn_mask, src_key_padding_mask=~valid)

@@ -215,10 +215,14 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Module):
-    """Conv -> norm -> ReLU, with the output length computed from the input's."""
+    """Conv -> norm -> ReLU (or GELU), with the output length computed from the input's."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, norm: str):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, norm: str,
+                 activation: str = "relu"):
         super().__init__()
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"unknown encoder activation {activation!r}")
+        self.gelu = activation == "gelu"
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, padding)  # holds weight and init
         self.norm = make_norm(norm, out_channels)
         self.kernel, self.stride, self.padding = kernel, stride, padding
@@ -237,7 +241,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = strided_conv(x, self.conv.weight, self.conv.bias, self.stride, self.padding)
         # In place: neither the norm nor the conv (any method) keeps its output for backward.
-        x = torch.relu_(self.norm(x))  # (B, T', C)
+        x = F.gelu(self.norm(x)) if self.gelu else torch.relu_(self.norm(x))  # (B, T', C)
         lengths = self.output_lengths(lengths).clamp(min=0)
         # Zero the frames past each sequence's end: the next conv then sees the
         # same zeros a per-utterance run pads with. On the CPU the test is free
@@ -340,10 +344,12 @@ class ConvEncoder(nn.Module):
             ``channels / 2`` outputs are log band envelopes.
         envelope_pool: with ``log_envelope``, frames of band power averaged before the log.
         sample_rate: of the waveform, for the filterbank's frequencies.
+        activation: ``relu`` | ``gelu`` after each conv block's norm.
     """
 
     def __init__(self, in_dim: int, spec: list[tuple[int, int, int, int]], norm: str = "channel",
-                 init: str = "default", sample_rate: int = 16000, first: str = "conv", envelope_pool: int = 1):
+                 init: str = "default", sample_rate: int = 16000, first: str = "conv", envelope_pool: int = 1,
+                 activation: str = "relu"):
         super().__init__()
         if first not in ("conv", "log_envelope"):
             raise ValueError(f"unknown first encoder block {first!r}")
@@ -353,7 +359,7 @@ class ConvEncoder(nn.Module):
                 blocks.append(LogEnvelopeBlock(channels, out_channels, kernel, stride, padding, envelope_pool))
                 channels = out_channels // 2
                 continue
-            blocks.append(ConvBlock(channels, out_channels, kernel, stride, padding, norm))
+            blocks.append(ConvBlock(channels, out_channels, kernel, stride, padding, norm, activation))
             channels = out_channels
         self.blocks = nn.ModuleList(blocks)
         if init == "filterbank":

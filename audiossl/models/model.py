@@ -29,13 +29,16 @@ class SSLModel(nn.Module):
         encoder: maps frontend frames to ``z``; may downsample.
         context: maps ``z`` to a list of layer outputs; the last one is ``c``.
         sample_rate: of the input waveforms.
+        input_norm: layer-normalize ``z`` before the context network (:meth:`normalize`).
     """
 
-    def __init__(self, frontend: nn.Module, encoder: nn.Module, context: nn.Module, sample_rate: int = 16000):
+    def __init__(self, frontend: nn.Module, encoder: nn.Module, context: nn.Module, sample_rate: int = 16000,
+                 input_norm: bool = False):
         super().__init__()
         self.frontend = frontend
         self.encoder = encoder
         self.context = context
+        self.input_norm = nn.LayerNorm(encoder.out_dim) if input_norm else nn.Identity()
         self.sample_rate = sample_rate
 
     @property
@@ -93,7 +96,12 @@ class SSLModel(nn.Module):
     def contextualize(self, z: torch.Tensor, lengths: torch.Tensor, state: list | None = None
                       ) -> tuple[list[torch.Tensor], list | None]:
         """z -> every context layer's output (the last is c) and the carried state."""
-        return self.context(z, lengths, state)
+        return self.context(self.normalize(z), lengths, state)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` as the context network reads it: layer-normalized under ``context_input_norm`` (fairseq's
+        ``layer_norm`` after the feature penalty, which would otherwise shrink ``z`` to nothing), else as is."""
+        return self.input_norm(z)
 
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns z, c and their frame lengths."""
@@ -137,7 +145,8 @@ def build_context(cfg: ModelConfig, in_dim: int) -> nn.Module:
     if cfg.context == "transformer":
         return TransformerContext(in_dim, cfg.context_dim, cfg.context_layers, cfg.context_heads,
                                   cfg.context_ff_dim, cfg.context_dropout, cfg.context_causal,
-                                  cfg.context_max_frames)
+                                  cfg.context_max_frames, cfg.context_position,
+                                  (cfg.context_conv_pos_kernel, cfg.context_conv_pos_groups))
     if cfg.context == "none":
         return NoContext(in_dim)
     if cfg.context == "npc":
@@ -151,5 +160,5 @@ def build_model(cfg: ModelConfig, sample_rate: int = 16000) -> SSLModel:
     spec = [(cfg.encoder_channels, k, s, p)
             for k, s, p in zip(cfg.encoder_kernels, cfg.encoder_strides, cfg.encoder_paddings)]
     encoder = ConvEncoder(frontend.out_dim, spec, cfg.encoder_norm, cfg.encoder_init, sample_rate, cfg.encoder_first,
-                         cfg.encoder_envelope_pool)
-    return SSLModel(frontend, encoder, build_context(cfg, encoder.out_dim), sample_rate)
+                         cfg.encoder_envelope_pool, cfg.encoder_activation)
+    return SSLModel(frontend, encoder, build_context(cfg, encoder.out_dim), sample_rate, cfg.context_input_norm)

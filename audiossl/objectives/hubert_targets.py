@@ -39,6 +39,9 @@ from audiossl.models.lengths import length_mask
 __all__ = ["RandomProjectionTargets", "TargetsError", "UnitTargets", "window_shift"]
 
 UNITS_FILE = "quantized_outputs.txt"  # audiossl units assign's (ZeroSpeech 2021's) file
+# Units per utterance may differ from the model's frames by this many: the last, partial 10 ms is one frame
+# or none by convention (the MFCC floor gives n // 160 frames; a padded conv encoder can give one more).
+FRAME_TOLERANCE = 1
 
 
 class TargetsError(UserError, ValueError):
@@ -84,7 +87,8 @@ class UnitTargets:
                 self.units[utt_id] = units.astype(np.int16 if num_units <= 2 ** 15 else np.int32)
 
     def check(self, frame_counts: dict[str, int]) -> None:
-        """Refuse the first utterance of the corpus whose units are missing or not one per frame.
+        """Refuse the first utterance of the corpus whose units are missing or not one per frame (give or take
+        :data:`FRAME_TOLERANCE`).
 
         Args:
             frame_counts: utterance id -> frames the model gives for its audio.
@@ -94,7 +98,7 @@ class UnitTargets:
             raise TargetsError(f"{self.path} has no units for utterance {missing[0]} ({len(missing)} of the "
                                f"corpus's {len(frame_counts)} utterances have none)")
         for utt, frames in frame_counts.items():
-            if len(self.units[utt]) != frames:
+            if abs(len(self.units[utt]) - frames) > FRAME_TOLERANCE:
                 raise TargetsError(f"{self.path}: utterance {utt} has {len(self.units[utt])} units, but the model "
                                    f"gives {frames} frames for its audio (units of another corpus or frame rate?)")
 
@@ -103,6 +107,8 @@ class UnitTargets:
         out = np.empty((len(ids), frames), dtype=np.int64)
         for row, (utt, start) in enumerate(zip(ids, starts)):
             units = self.units[utt]
+            if 0 < frames - len(units) <= FRAME_TOLERANCE:  # one unit short of a whole-utterance window
+                units = np.pad(units, (0, frames - len(units)), mode="edge")
             shift = window_shift(int(start), hop, frames, len(units))
             if len(units) - shift < frames:
                 raise TargetsError(f"{self.path}: utterance {utt} has {len(units)} units, fewer than a window's "

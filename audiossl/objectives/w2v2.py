@@ -28,10 +28,12 @@ Our settings against fairseq's ``wav2vec2_base_librispeech.yaml``:
 ``w2v2_negatives`` = ``num_negatives`` (100); ``w2v2_logit_temp`` =
 ``logit_temp`` (0.1); ``w2v2_diversity_weight`` and
 ``w2v2_feature_penalty`` = ``loss_weights`` (0.1, 10);
-``w2v2_feature_grad_mult`` = ``feature_grad_mult`` (0.1). Differences:
-fairseq layer-normalizes z before masking and quantizing and applies dropout
-to it (our encoder's per-frame channel norm plays the first part; a layer norm
-kept in the objective would be missing from extracted features); the mask
+``w2v2_feature_grad_mult`` = ``feature_grad_mult`` (0.1). fairseq's layer
+norm of z after the feature penalty is the model's ``context_input_norm``
+(the ``w2v2_paper`` preset sets it): the context network and the quantizer
+read ``model.normalize(z)``, so the penalty shrinks z without starving either
+(without the norm it drove z to zero), and extraction runs the same norm.
+Differences: fairseq's dropout on z is not applied; the mask
 embedding is added at the encoder's width (see ``MaskedEncoding``); the
 temperature's update count is the objective's own count of training
 micro-batches divided by ``accumulate`` (kept in its state, so a resumed run
@@ -100,7 +102,8 @@ def contrastive_loss(predictions: torch.Tensor, targets: torch.Tensor, valid: to
 
     Returns:
         The mean cross-entropy over valid frames, float32, and the fraction whose positive scored
-        strictly above every distractor.
+        strictly above every distractor; a frame whose distractors were all left out counts as wrong (it
+        discriminated nothing: fairseq's rule, so that a collapsed codebook shows as accuracy 0, not 1).
     """
     x = F.normalize(predictions.float(), dim=-1, eps=1e-8)
     y = F.normalize(targets.float(), dim=-1, eps=1e-8)
@@ -112,7 +115,8 @@ def contrastive_loss(predictions: torch.Tensor, targets: torch.Tensor, valid: to
     losses = -logits.log_softmax(-1)[..., 0]
     weight = valid.float()
     count = weight.sum().clamp(min=1.0)
-    correct = (positive[..., 0] > scores.max(-1).values).float()
+    best = scores.max(-1).values
+    correct = ((positive[..., 0] > best) & (best > float("-inf"))).float()
     return (losses * weight).sum() / count, (correct * weight).sum() / count
 
 
@@ -214,7 +218,7 @@ class W2V2Objective(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.micro_batches += 1
-        q = self.quantizer(clean, temperature)
+        q = self.quantizer(model.normalize(clean), temperature)
         targets = self.project_q(q.vectors)
         predictions = self.final_proj(layers[-1])
         codes = q.onehot.argmax(-1)  # (B, T, G)
