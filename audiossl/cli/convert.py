@@ -1,4 +1,4 @@
-"""``audiossl convert``: CPC_audio checkpoints to audiossl's and back."""
+"""``audiossl convert``: CPC_audio checkpoints to audiossl's and back; w2v2 / HuBERT models to Hugging Face folders."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ from audiossl.config import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="CPC_audio checkpoints to audiossl's and back")
+    p = sub.add_parser("convert", help="CPC_audio checkpoints to audiossl's and back; w2v2 and hubert models to "
+                       "Hugging Face folders")
     p.add_argument("source", metavar="SOURCE", help="with --from cpc_audio: a CPC_audio training folder (its highest "
                    "epoch), checkpoint_<epoch>.pt or release file; with --to: an audiossl checkpoint")
     direction = p.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from", dest="from_format", choices=["cpc_audio"], help="convert into audiossl's format")
-    direction.add_argument("--to", dest="to_format", choices=["cpc_audio", "cpc_audio-release"],
+    direction.add_argument("--to", dest="to_format", choices=["cpc_audio", "cpc_audio-release", "hf"],
                            help="cpc_audio: a training folder CPC_audio resumes from; cpc_audio-release: a "
-                           "{config, weights} file, as its published checkpoints (s3prl's cpc_local reads it)")
+                           "{config, weights} file, as its published checkpoints (s3prl's cpc_local reads it); hf: "
+                           "a Hugging Face Wav2Vec2Model / HubertModel folder (a w2v2 or hubert model of "
+                           "transformers' layout: docs/masked.md)")
     p.add_argument("--out", required=True, help="the checkpoint, folder or release file to write")
     p.add_argument("--config-out", help="with --from: also write the run's flat YAML config, for train --config")
     p.set_defaults(func=cmd_convert)
@@ -44,7 +47,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     elif args.config_out:
         raise ConfigError("--config-out goes with --from: it writes the converted run's audiossl config")
     else:
-        notes = (to_cpc_audio if args.to_format == "cpc_audio" else to_cpc_audio_release)(args.source, args.out)
+        from audiossl.interop.hf_export import to_hf
+
+        writers = {"cpc_audio": to_cpc_audio, "cpc_audio-release": to_cpc_audio_release, "hf": to_hf}
+        notes = writers[args.to_format](args.source, args.out)
         source = args.source
     for note in notes:
         print(f"note: {note}")
