@@ -232,3 +232,15 @@ def test_spectrogram_axes_are_hertz_and_seconds(tmp_path, monkeypatch):
         assert spec.get_ylim()[0] == pytest.approx(0.0, abs=50) and spec.get_ylim()[1] == pytest.approx(8000, rel=0.02)
         assert spec.get_xlim()[1] == pytest.approx(2.5, rel=0.01)  # seconds, not frames
         assert type(spec.xaxis.get_major_formatter()).__name__ == "TimeFormatter"  # librosa's, in seconds
+
+
+def test_masked_training_curves_draw_both_accuracies_and_the_perplexity(tmp_path):
+    from audiossl.report.figures import plot_training
+
+    steps = np.arange(1.0, 11.0)
+    curve = (steps, 1 - 1 / steps)
+    drawn = plot_training(tmp_path / "masked.png", loss=(steps, 5 / steps), accuracy=curve,
+                          unmasked_accuracy=(steps, curve[1] / 2), perplexity=(steps, 10 * steps))
+    check_png(drawn)
+    drawn = plot_training(tmp_path / "unmasked_only.png", unmasked_accuracy=curve)  # no masked curve logged
+    check_png(drawn)

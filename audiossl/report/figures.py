@@ -67,7 +67,7 @@ def _step_lines(ax, curves: Mapping[int, Curve], label: str) -> None:
 def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None = None,
                   accuracy: Curve | None = None, accuracy_per_step: Mapping[int, Curve] | None = None,
                   mi_bound_per_step: Mapping[int, Curve] | None = None, title: str = "training",
-                  perplexity: Curve | None = None) -> Path:
+                  perplexity: Curve | None = None, unmasked_accuracy: Curve | None = None) -> Path:
     """Training curves, one panel per quantity given.
 
     Args:
@@ -79,6 +79,7 @@ def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None 
         mi_bound_per_step: ``{k: curve}``, ``log(N + 1) - L_k`` in nats.
         title: the figure's title.
         perplexity: wav2vec 2.0's codebook perplexity (summed over groups).
+        unmasked_accuracy: HuBERT's unit accuracy on the unmasked frames (``accuracy`` is the masked ones').
 
     Raises:
         ValueError: if no curve is given.
@@ -86,7 +87,7 @@ def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None 
     panels = []
     if loss is not None:
         panels.append(("loss", "training loss"))
-    if accuracy_per_step or accuracy is not None:
+    if accuracy_per_step or accuracy is not None or unmasked_accuracy is not None:
         panels.append(("accuracy", "accuracy (positive ranked first)"))
     if mi_bound_per_step:
         panels.append(("mi", "mutual-information bound (nats)"))
@@ -109,7 +110,11 @@ def plot_training(path: str | Path, loss: Curve | None = None, lr: Curve | None 
                 _step_lines(ax, accuracy_per_step, "k=")
             if accuracy is not None:
                 ax.plot(*accuracy, color="black", linestyle="--",
-                        label="mean over k" if accuracy_per_step else "accuracy")
+                        label="mean over k" if accuracy_per_step else
+                        "masked frames" if unmasked_accuracy is not None else "accuracy")
+            if unmasked_accuracy is not None:
+                ax.plot(*unmasked_accuracy, color="tab:blue", linestyle=":", label="unmasked frames")
+            if accuracy is not None or unmasked_accuracy is not None:
                 ax.legend(title="prediction step" if accuracy_per_step else None, fontsize="small",
                           ncol=2 if accuracy_per_step and len(accuracy_per_step) > 6 else 1)
             ax.set_title("accuracy per prediction step" if accuracy_per_step else "accuracy")

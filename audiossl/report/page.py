@@ -97,7 +97,8 @@ def _training(inp: PageInputs, path: Path) -> list[str]:
     figures.plot_training(path, scalars.get("train/loss"), scalars.get("train/lr"), scalars.get("train/accuracy"),
                           per_step["accuracy"], per_step["mi_bound"],
                           title=f"{config.get('objective', 'pretraining')} training: {inp.exp_dir.name}",
-                          perplexity=scalars.get("train/prob_perplexity"))
+                          perplexity=scalars.get("train/prob_perplexity"),
+                          unmasked_accuracy=scalars.get("train/unmasked_accuracy"))
     rows = [(tag.split("/", 1)[1], int(steps[-1]), f"{values[-1]:.4g}")
             for tag, (steps, values) in sorted(scalars.items()) if tag.startswith("train/")]
     text = [f"Scalars from `{tb}`." if tb.is_dir() else f"Scalars from `{log}`.", "",
