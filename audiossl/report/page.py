@@ -95,9 +95,8 @@ def _training(inp: PageInputs, path: Path) -> list[str]:
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     per_step = {name: per_step_curves(scalars, name) for name in ("accuracy", "loss", "mi_bound")}
     figures.plot_training(path, scalars.get("train/loss"), scalars.get("train/lr"), scalars.get("train/accuracy"),
-                          per_step["accuracy"], per_step["mi_bound"],
+                          per_step["accuracy"], per_step["mi_bound"], perplexity=scalars.get("train/prob_perplexity"),
                           title=f"{config.get('objective', 'pretraining')} training: {inp.exp_dir.name}",
-                          perplexity=scalars.get("train/prob_perplexity"),
                           unmasked_accuracy=scalars.get("train/unmasked_accuracy"))
     rows = [(tag.split("/", 1)[1], int(steps[-1]), f"{values[-1]:.4g}")
             for tag, (steps, values) in sorted(scalars.items()) if tag.startswith("train/")]
