@@ -108,3 +108,22 @@ def test_unknown_option_is_refused(tmp_path):
     done = run_recipe("--exp", str(tmp_path / "exp"), "--stages", "3")
     assert done.returncode == 2
     assert "unknown option --stages" in done.stderr
+
+
+MASKED_TRAINING = ("max_steps=2 ckpt_every=2 log_every=1 num_workers=0 batch_size=4 window_samples=3200 "
+                   "encoder_channels=16 context_dim=16 context_heads=2 context_ff_dim=32 hubert_final_dim=8 "
+                   "w2v2_codebook_entries=8 w2v2_final_dim=8 w2v2_negatives=5")
+
+
+@pytest.mark.parametrize("objective", ["hubert", "w2v2"])
+def test_masked_objectives_run_their_stages_and_extract(objective, tmp_path):
+    # HuBERT's stage 2 makes its own targets: MFCC units, then units of the iteration-1 model's middle layer.
+    exp = tmp_path / "exp"
+    done = run_recipe("--objective", objective, "--exp", str(exp), "--stop-stage", "3", "--hubert-k1", "8",
+                      "--hubert-k2", "8", "--train-overrides", MASKED_TRAINING)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = exp / objective
+    assert (run / "pretrain" / "checkpoint.pt").is_file() and any((run / "features").rglob("*.npy"))
+    if objective == "hubert":
+        for iteration in ("hubert_it1", "hubert_it2"):
+            assert (run / iteration / "units" / "assign" / "quantized_outputs.txt").stat().st_size > 0
