@@ -94,7 +94,8 @@ class SinusoidalPosition(nn.Module):
         table[:, 1::2] = torch.cos(position * freq[: dim // 2])
         self.register_buffer("table", table, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` plus the table's first frames (``valid``, which :class:`ConvPosition` needs, is not read)."""
         if x.shape[1] > self.table.shape[0]:
             raise ValueError(f"{x.shape[1]} frames exceed context_max_frames={self.table.shape[0]}")
         return x + self.table[: x.shape[1]].to(x.dtype)
@@ -166,8 +167,7 @@ class TransformerContext(ContextNetwork):
         attn_mask = None
         if self.causal:
             attn_mask = torch.ones(frames, frames, dtype=torch.bool, device=x.device).triu(1)
-        x = self.project(x)
-        x = self.position(x, valid) if isinstance(self.position, ConvPosition) else self.position(x)
+        x = self.position(self.project(x), valid)
         outputs = []
         for i, layer in enumerate(self.layers):
             x = layer(x, src_mask=attn_mask, src_key_padding_mask=~valid)
