@@ -111,6 +111,9 @@ class TrainConfig:
     ckpt_every: int = 200  # steps between checkpoints (and always at the end)
     max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
     max_minutes: float = 0.0  # wall-time budget of one run: checkpoint and stop after it (0: none)
+    # a checkpoint whose model weights start this run (HuBERT's next iteration); the objective's own weights,
+    # the optimizer and the step start fresh. A resume ignores it: the experiment's checkpoint wins.
+    init_from: str = ""
     compile: bool = False  # torch.compile the model and objective (first steps pay the compilation)
     # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audiossl.checkpoint import load_checkpoint
+from audiossl.checkpoint import CheckpointError, load_checkpoint
 from audiossl.cli import main
 from audiossl.config import ConfigError, build_config
 from audiossl.objectives.hubert import unit_logits
@@ -23,6 +23,8 @@ from audiossl.objectives.quantizer import ProductQuantizer, annealed_temperature
 from audiossl.objectives.w2v2 import contrastive_loss, gather_masked, sample_negatives
 from audiossl.train import train
 from audiossl.train.log import TRAIN_LOG
+from audiossl.train.loop import build_pretrainer
+from audiossl.train.state import init_model
 
 from conftest import build_tiny, package_env
 
@@ -312,6 +314,30 @@ def test_hubert_trains_on_units_and_refuses_units_of_another_length(tiny_corpus,
     write_units(tmp_path / "units.txt", units)
     with pytest.raises(TargetsError, match=f"utterance {victim} has"):
         train(build_config(overrides=overrides), tiny_corpus, tmp_path / "exp2", progress=False)
+
+
+def test_the_next_hubert_iteration_starts_from_the_last_ones_model(tiny_corpus, tiny_overrides, tmp_path):
+    base = {**masked_overrides("hubert", tiny_overrides), "max_steps": 2}
+    train(build_config(overrides={**base, "hubert_num_units": 32}), tiny_corpus, tmp_path / "it1", progress=False)
+    it1 = tmp_path / "it1" / "checkpoint.pt"
+    saved = load_checkpoint(it1)
+    # Iteration 2 predicts other units: the model starts as iteration 1's, the objective (its unit
+    # embeddings, another shape here) starts new.
+    it2 = {**base, "hubert_num_units": 20, "init_from": str(it1)}
+    module = build_pretrainer(build_config(overrides=it2))
+    init_model(module, it1)
+    for key, tensor in module.model.state_dict().items():
+        assert torch.equal(tensor, saved["model"][key]), key
+    assert module.objective.state_dict()["unit_embeddings"].shape[0] == 20
+    train(build_config(overrides=it2), tiny_corpus, tmp_path / "it2", progress=False)
+    # A resume takes the experiment's own checkpoint and never rereads init_from.
+    it1.unlink()
+    summary = train(build_config(overrides={**it2, "max_steps": 3}), tiny_corpus, tmp_path / "it2", progress=False)
+    assert summary["step"] == 3
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'it2' / 'checkpoint.pt'}: model tensor"):
+        train(build_config(overrides={**it2, "init_from": str(tmp_path / "it2" / "checkpoint.pt"),
+                                      "encoder_channels": 8, "context_dim": 8}),
+              tiny_corpus, tmp_path / "other", progress=False)
 
 
 def test_hubert_needs_targets():

@@ -46,7 +46,7 @@ from audiossl.runtime import (
 )
 from audiossl.train.log import MetricWindow, RunLog
 from audiossl.train.resume import check_resumable
-from audiossl.train.state import CHECKPOINT, Pretrainer, TrainState, resume, save_checkpoint
+from audiossl.train.state import CHECKPOINT, Pretrainer, TrainState, init_model, resume, save_checkpoint
 from audiossl.train.stream import BatchStream, load_windows
 from audiossl.utils.atomic import remove_stale_temps
 from audiossl.utils.lock import FolderLock
@@ -218,6 +218,8 @@ def _train(cfg: Config, data: str | Path, exp_dir: str | Path, progress: bool, s
     if saved is not None:
         check_resumable(cfg, saved, ckpt_path)
     module = build_pretrainer(cfg)
+    if saved is None and cfg.train.init_from:
+        init_model(module, cfg.train.init_from)
     dataset = load_windows(cfg, data, exp_dir, dist_info, progress, strict)
     check_corpus(module, dataset, cfg)
 

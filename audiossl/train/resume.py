@@ -15,7 +15,8 @@ learning rates, and a changed schedule (``lr``, ``warmup_steps``,
 position to the same place in the epoch (:func:`resume_position`). Each
 change is announced in one line. The rest (``clip_grad``, ``accumulate``,
 ``log_every``, ``ckpt_every``, ``max_minutes``, ``max_nonfinite``,
-``device``, ``num_workers``) is read afresh every run anyway.
+``device``, ``num_workers``) is read afresh every run anyway; ``init_from``
+only starts a fresh run, and a resume ignores it.
 """
 
 from __future__ import annotations

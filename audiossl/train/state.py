@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from audiossl.checkpoint import atomic_save, load_state, rng_state, set_rng_state, versions
+from audiossl.checkpoint import atomic_save, load_checkpoint, load_state, rng_state, set_rng_state, versions
 from audiossl.config import Config
 from audiossl.runtime import Distributed
 from audiossl.train.resume import apply_optimizer_settings, resume_position
@@ -98,6 +98,16 @@ def initial_checkpoint(cfg: Config, model: nn.Module, objective: nn.Module) -> d
     """A step-0 checkpoint of these weights, fresh optimizer and schedule: ``train`` resumes from it as
     from one of its own (``audiossl convert`` writes converted models so)."""
     return TrainState.fresh(cfg, Pretrainer(model, objective)).checkpoint(cfg, 0, 0, [rng_state()])
+
+
+def init_model(module: Pretrainer, path: str | Path) -> None:
+    """Give a fresh run the model weights (encoder, frontend, context) of checkpoint ``path``.
+
+    The objective keeps its new weights: the next HuBERT iteration predicts
+    other units with other embeddings. A model of another architecture is
+    refused in one line naming ``path`` and the first tensor that differs.
+    """
+    load_state(module.model, load_checkpoint(path)["model"], path, "model")
 
 
 def save_checkpoint(path: Path, cfg: Config, state: TrainState, epoch: int, position: int,
