@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import package_env
 
@@ -108,6 +109,8 @@ def test_unknown_option_is_refused(tmp_path):
     done = run_recipe("--exp", str(tmp_path / "exp"), "--stages", "3")
     assert done.returncode == 2
     assert "unknown option --stages" in done.stderr
+    done = run_recipe("--exp", str(tmp_path / "exp"), "--hubert-init", "warm")
+    assert done.returncode == 2 and "--hubert-init is scratch or it1, not 'warm'" in done.stderr
 
 
 MASKED_TRAINING = ("max_steps=2 ckpt_every=2 log_every=1 num_workers=0 batch_size=4 window_samples=3200 "
@@ -120,10 +123,13 @@ def test_masked_objectives_run_their_stages_and_extract(objective, tmp_path):
     # HuBERT's stage 2 makes its own targets: MFCC units, then units of the iteration-1 model's middle layer.
     exp = tmp_path / "exp"
     done = run_recipe("--objective", objective, "--exp", str(exp), "--stop-stage", "3", "--hubert-k1", "8",
-                      "--hubert-k2", "8", "--train-overrides", MASKED_TRAINING)
+                      "--hubert-k2", "8", "--hubert-init", "it1", "--train-overrides", MASKED_TRAINING)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = exp / objective
     assert (run / "pretrain" / "checkpoint.pt").is_file() and any((run / "features").rglob("*.npy"))
     if objective == "hubert":
         for iteration in ("hubert_it1", "hubert_it2"):
             assert (run / iteration / "units" / "assign" / "quantized_outputs.txt").stat().st_size > 0
+        # --hubert-init it1: iteration 2 starts from iteration 1's model.
+        init = yaml.safe_load((run / "pretrain" / "config.yaml").read_text())["init_from"]
+        assert init == str(run / "hubert_it1" / "pretrain" / "checkpoint.pt")

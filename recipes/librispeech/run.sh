@@ -33,8 +33,9 @@ hubert_iterations=2        # hubert on k-means units: 1 (MFCC units) or 2 (then 
 hubert_k1=100              # hubert: k-means size on MFCC (iteration 1)
 hubert_k2=500              # hubert: k-means size on the iteration-1 model's layer (iteration 2)
 hubert_layer=              # hubert: that layer (default: context_<L/2>, the paper's layer 6 of 12)
+hubert_init=scratch        # hubert iteration 2: scratch (a new model, as the paper) or it1 (iteration 1's model)
 
-options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides ctc_overrides units_k units_overrides nproc data hubert_iterations hubert_k1 hubert_k2 hubert_layer"
+options="librispeech_root subset cpc_labels objective config train_overrides layer exp stage stop_stage probe_overrides ctc_overrides units_k units_overrides nproc data hubert_iterations hubert_k1 hubert_k2 hubert_layer hubert_init"
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$0")] $*"; }
 
@@ -52,6 +53,8 @@ while [ $# -gt 0 ]; do
   fi
   printf -v "$var" '%s' "$value"
 done
+
+case "$hubert_init" in scratch|it1) ;; *) echo "$0: --hubert-init is scratch or it1, not '$hubert_init'" >&2; exit 2 ;; esac
 
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 # Use the project's virtual environment (tools/setup.sh) unless one is active.
@@ -151,6 +154,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
         --data "$run/manifest.tsv" --out "$run/hubert_it2/features" --layer "$it2_layer" --dtype float16 --no-progress
       hubert_units hubert_it2 "$run/hubert_it2/features" "$it2_layer" "$hubert_k2"
       targets=(hubert_targets="$run/hubert_it2/units/assign" hubert_num_units="$hubert_k2")
+      if [ "$hubert_init" = it1 ]; then targets+=(init_from="$run/hubert_it1/pretrain/checkpoint.pt"); fi
     fi
     log "stage 2: pretrain $objective ($config) on ${targets[0]#*=}"
     pretrain pretrain "$run/pretrain" "${targets[@]}"
