@@ -9,7 +9,8 @@ helped too. ``augment`` says where the augmented audio goes:
 - ``past``: the batch carries the clean windows (``wavs``) and the augmented ones (``augmented_wavs``,
   :data:`AUGMENTED`). CPC encodes both: the context network reads the augmented audio's encoding, the
   positives and negatives are the clean audio's ``z`` (the paper's best). APC, MPC and NPC read the
-  augmented audio and predict or reconstruct the clean audio's log-mel frames.
+  augmented audio and predict or reconstruct the clean audio's log-mel frames. wav2vec 2.0 and HuBERT mask
+  and contextualize the augmented audio's encoding; their targets are the clean audio's.
 - ``both``: the model sees only augmented audio, targets included (``wavs`` is augmented).
 
 The chain, per window, in this order (each step drawn on its own, every value drawn whether used or not):
