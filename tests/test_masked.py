@@ -92,6 +92,22 @@ def test_the_context_never_sees_a_masked_frames_features():
     assert not torch.equal(masking.contextualize(model, unmasked, lengths, mask)[0][-1], before[-1])
 
 
+def test_under_augment_past_hubert_reads_the_augmented_audio_and_targets_the_clean_audio():
+    cfg, model, objective = build("hubert")  # BEST-RQ targets: computed from the batch's audio
+    model.eval()
+    wavs = torch.randn(2, 4000)
+    noisy = wavs + 0.5 * torch.randn_like(wavs)
+    lengths = torch.tensor([4000, 3600])
+    clean = {"wavs": wavs, "lengths": lengths}
+    past = {**clean, "augmented_wavs": noisy}
+    z, _ = objective.masking.encode(model, past)
+    assert torch.allclose(z, model.encode(noisy, lengths)[0])
+    frames = z.shape[1]
+    targets = objective.targets(clean, frames, z.device)
+    assert torch.equal(objective.targets(past, frames, z.device), targets)
+    assert not torch.equal(objective.targets({"wavs": noisy, "lengths": lengths}, frames, z.device), targets)
+
+
 def test_the_input_norm_keeps_the_feature_penalty_from_starving_the_context():
     # fairseq's layer norm after the feature penalty: the context reads each frame's z whatever its scale, so
     # the penalty can shrink z without shrinking what the context sees (without the norm it zeroed z).
